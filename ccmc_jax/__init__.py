@@ -1,0 +1,23 @@
+"""ccmc_jax: 1-layer self-attention as a context-conditioned Markov chain (CCMC), in JAX.
+
+Reproduces Ildiz, Huang, Li, Rawat, Oymak, "From Self-Attention to Markov Models: Unveiling the
+Dynamics of Generative Transformers" (ICML 2024, arXiv 2402.13512). Modules, one per concept:
+
+  model       attention forward pass, base chain P, CCMC next-token law (Lemma 2.2)
+  sampling    ground truth, IID prompts, next tokens
+  fit         convex maximum-likelihood estimation (batched Newton), error metrics
+  trajectory  single-trajectory generation (lax.scan), collapse statistics
+  theory      asymptotic error prediction
+  io          atomic results CSVs and metadata sidecars
+"""
+from ccmc_jax.model import attention_next_token_probs
+from ccmc_jax.model import ccmc_next_token_probs
+from ccmc_jax.model import positional_ccmc_next_token_probs
+from ccmc_jax.model import token_counts
+from ccmc_jax.model import transition_matrix
+from ccmc_jax.model import zero_diagonal
+
+__all__ = [
+    'attention_next_token_probs', 'ccmc_next_token_probs', 'positional_ccmc_next_token_probs',
+    'token_counts', 'transition_matrix', 'zero_diagonal',
+]

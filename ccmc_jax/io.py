@@ -1,0 +1,103 @@
+"""Results files: atomic long-format CSVs, a metadata sidecar, and validated reading.
+
+The only module of ``ccmc_jax`` that touches files; the model, samplers and fits never do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+
+FLOAT_FORMAT = '%.9g'  # float32 round-trips; identical bytes for identical numbers.
+
+
+class ResultsError(ValueError):
+  """A results CSV that cannot be used (missing, malformed, wrong columns)."""
+
+
+def atomic_write_text(path, text):
+  """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
+  so a reader (or an interrupted run) never sees a half-written file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w', newline='') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_csv(df: pd.DataFrame, path):
+  """Atomically write a long-format results table (deterministic float formatting)."""
+  atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator='\n'))
+
+
+def read_csv(path, required=(), numeric=()):
+  """Read a results CSV, checking it exists, has the ``required`` columns and that the
+  ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message."""
+  if not os.path.isfile(path):
+    raise ResultsError(f'results file {path} does not exist')
+  try:
+    df = pd.read_csv(path)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    raise ResultsError(f'{path} is not a readable CSV ({str(e).splitlines()[0]})') from None
+  missing = [c for c in required if c not in df.columns]
+  if missing:
+    raise ResultsError(f'{path} lacks column(s) {", ".join(missing)} '
+                       f'(has: {", ".join(map(str, df.columns))})')
+  for c in numeric:
+    values = pd.to_numeric(df[c], errors='coerce')
+    bad = values.isna() & df[c].notna()
+    if bad.any():
+      raise ResultsError(f'{path}: column {c} has a non-numeric value {df[c][bad].iloc[0]!r} '
+                         f'(row {int(np.flatnonzero(bad)[0]) + 2})')
+    df[c] = values
+  return df
+
+
+def git_commit():
+  """The current git commit of the working tree ('unknown' outside git), '+dirty' if changed."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    run = lambda *a: subprocess.run(['git', *a], cwd=here, capture_output=True, text=True,
+                                    timeout=10).stdout.strip()
+    commit = run('rev-parse', 'HEAD') or 'unknown'
+    return commit + ('+dirty' if run('status', '--porcelain', '--untracked-files=no') else '')
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+
+
+def environment():
+  """Versions and machine facts for the metadata sidecar."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  return {
+      'python': sys.version.split()[0], 'jax': jax.__version__, 'optax': optax.__version__,
+      'numpy': np.__version__, 'pandas': pd.__version__, 'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()], 'platform': platform.platform(),
+      'git_commit': git_commit(),
+  }
+
+
+def write_meta(path, flags: dict, **extra):
+  """Atomically write the ``<name>.meta.json`` sidecar: flags, versions, commit and extras."""
+  meta = {'flags': flags, 'environment': environment(), **extra}
+  atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + '\n')
+
+
+def read_meta(path):
+  """Read a metadata sidecar; None when absent."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

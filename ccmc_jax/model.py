@@ -1,0 +1,179 @@
+"""The model: 1-layer self-attention and the context-conditioned Markov chain (CCMC).
+
+Conventions (paper Sec. 2, `shared/paper.md` Sec. 1):
+  * Vocabulary ``[K] = {0, ..., K-1}`` (0-indexed; the paper writes 1..K).
+  * Embeddings ``E`` (K x d), row ``e_k``; ``E=None`` means ``E = I_K``.
+  * Prompt ``X = (x_1, ..., x_L)``; the last token ``x_L`` is the query.
+  * Scores ``A[i, j] = e_j^T W e_i`` (row = query/current token, column = next token),
+    so ``A = E W^T E^T`` and the base chain is ``P = softmax(A, axis=-1)``.
+
+Every function is pure, shape-polymorphic over leading batch axes and jit/vmap friendly.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def scores(W, E=None):
+  """Score matrix ``A[i, j] = e_j^T W e_i`` (query row i, next-token column j).
+
+  Args:
+    W: (d, d) attention weights.
+    E: (K, d) token embeddings; None means ``E = I_K`` (then ``A = W^T``).
+  Returns:
+    (K, K) scores.
+  References: paper Fig. 2 (``softmax(E W e_i)`` forms row i of P).
+  """
+  W = jnp.asarray(W)
+  if E is None:
+    return W.T
+  E = jnp.asarray(E)
+  return E @ W.T @ E.T
+
+
+def transition_matrix(W, E=None):
+  """Base chain ``P[i, j] = softmax_j(e_j^T W e_i)``; rows sum to one.
+
+  Args:
+    W: (d, d) attention weights.
+    E: (K, d) embeddings, None for ``I_K``.
+  Returns:
+    (K, K) row-stochastic matrix, strictly positive for finite W.
+  References: paper Fig. 2 / Definition 2.1 (base Markov chain of the CCMC).
+  """
+  return jax.nn.softmax(scores(W, E), axis=-1)
+
+
+def token_counts(X, K, cross=False):
+  """Token counts ``m(X)`` of the keys of each prompt.
+
+  Args:
+    X: int array (..., L).
+    K: vocabulary size.
+    cross: if True the query (last position) is not a key and is not counted.
+  Returns:
+    float32 array (..., K) of counts (sum L, or L-1 when ``cross``).
+  References: paper Definition 2.1 (``m(X)``).
+  """
+  keys = X[..., :-1] if cross else X
+  return jax.nn.one_hot(keys, K, dtype=jnp.float32).sum(axis=-2)
+
+
+def ccmc_log_probs(log_P_rows, counts):
+  """``log pi^X`` from the query rows of ``log P`` and the counts, safely in log space.
+
+  ``pi_j = m_j P[q, j] / sum_l m_l P[q, l]``; absent tokens (``m_j = 0``) get ``-inf``.
+
+  Args:
+    log_P_rows: (..., K) log-probabilities (or unnormalised scores) of the query row.
+    counts: (..., K) non-negative counts (or frequencies, or positive weights).
+  Returns:
+    (..., K) log next-token probabilities.
+  References: paper Lemma 2.2.
+  """
+  logits = jnp.where(counts > 0, log_P_rows + jnp.log(jnp.where(counts > 0, counts, 1.0)),
+                     -jnp.inf)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def ccmc_next_token_probs(P, X, cross=False):
+  """CCMC next-token distribution ``pi^X_j = m_j(X) P[x_L, j] / sum_l m_l(X) P[x_L, l]``.
+
+  Args:
+    P: (K, K) row-stochastic base chain.
+    X: int array (..., L) of prompts; ``X[..., -1]`` is the query.
+    cross: cross-attention (the query is not counted among the keys; needs L >= 2).
+  Returns:
+    (..., K) probabilities, zero on tokens absent from the keys.
+  References: paper Definition 2.1 / Lemma 2.2.
+  """
+  P = jnp.asarray(P)
+  X = jnp.asarray(X)
+  counts = token_counts(X, P.shape[-1], cross)
+  log_P = jnp.log(P)
+  return jnp.exp(ccmc_log_probs(log_P[X[..., -1]], counts))
+
+
+def attention_next_token_probs(W, X, E=None, cross=False, pos=None):
+  """The literal 1-layer attention forward pass, position by position.
+
+  Keys ``k_i = e_{x_i} (+ p_i)``, query ``q = e_{x_L} (+ p_L)``, scores ``k_i^T W q``,
+  ``s = softmax`` over positions, output ``o = C X^T s`` with ``C E^T = I_K`` and
+  ``C p_i = 0``, i.e. ``o_k = sum_{i: x_i = k} s_i``.
+
+  Args:
+    W: (d, d) weights.
+    X: int array (..., L).
+    E: (K, d) embeddings, None for ``I_K`` (then d = K).
+    cross: exclude the query (last) position from the keys.
+    pos: optional (L, d) positional embeddings added to keys and query.
+  Returns:
+    (..., K) next-token probabilities.
+  References: paper Sec. 2 (self-attention model), Fig. 2; Lemma 2.5 with ``pos``.
+  """
+  W = jnp.asarray(W)
+  X = jnp.asarray(X)
+  E = jnp.eye(W.shape[0], dtype=W.dtype) if E is None else jnp.asarray(E, W.dtype)
+  K = E.shape[0]
+  emb = E[X]  # (..., L, d)
+  if pos is not None:
+    emb = emb + jnp.asarray(pos, W.dtype)
+  query = emb[..., -1, :]
+  keys_emb, keys_tok = (emb[..., :-1, :], X[..., :-1]) if cross else (emb, X)
+  s = jax.nn.softmax(jnp.einsum('...id,de,...e->...i', keys_emb, W, query), axis=-1)
+  return jnp.einsum('...i,...ik->...k', s, jax.nn.one_hot(keys_tok, K, dtype=s.dtype))
+
+
+def positional_ccmc_next_token_probs(P, X, w, cross=False):
+  """Position-weighted CCMC: ``pi^X_j ∝ P[x_L, j] * sum_{i: x_i = j} w_i``.
+
+  Args:
+    P: (K, K) base chain.
+    X: int array (..., L).
+    w: positive position weights, (L,) (or (L-1,) for cross) or broadcastable (..., L).
+    cross: exclude the query position from the keys.
+  Returns:
+    (..., K) probabilities.
+  References: paper Definition 2.4 / Lemma 2.5 (positional encoding).
+  """
+  P = jnp.asarray(P)
+  X = jnp.asarray(X)
+  keys = X[..., :-1] if cross else X
+  w = jnp.asarray(w, jnp.float32)
+  if cross and w.shape[-1] == X.shape[-1]:
+    w = w[..., :-1]  # the query position carries no key
+  w = jnp.broadcast_to(w, keys.shape)
+  weights = jnp.einsum('...i,...ik->...k', w, jax.nn.one_hot(keys, P.shape[-1]))
+  return jnp.exp(ccmc_log_probs(jnp.log(P)[X[..., -1]], weights))
+
+
+def zero_diagonal(P):
+  """``P`` with its diagonal set to zero and rows renormalised (no token follows itself).
+
+  References: paper Fig. 5 (lower panels).
+  """
+  P = jnp.asarray(P)
+  Q = P * (1.0 - jnp.eye(P.shape[-1], dtype=P.dtype))
+  return Q / Q.sum(axis=-1, keepdims=True)
+
+
+def check_stochastic(P, name='P', atol=1e-4):
+  """Raise ``ValueError`` unless ``P`` is a square, finite, non-negative row-stochastic matrix.
+
+  Host-side validation for user-given matrices (run before anything is traced).
+  """
+  P = np.asarray(P, dtype=np.float64)
+  if P.ndim != 2 or P.shape[0] != P.shape[1]:
+    raise ValueError(f'{name} must be a square K x K matrix, got shape {P.shape}')
+  if P.shape[0] < 2:
+    raise ValueError(f'{name} must have K >= 2 rows, got K={P.shape[0]}')
+  if not np.all(np.isfinite(P)) or np.any(P < 0):
+    raise ValueError(f'{name} must have finite, non-negative entries')
+  sums = P.sum(axis=1)
+  bad = np.flatnonzero(np.abs(sums - 1.0) > atol)
+  if bad.size:
+    raise ValueError(f'{name} is not row-stochastic: row {bad[0]} sums to {sums[bad[0]]:.6g}'
+                     f' (allowed: every row sums to 1 within {atol})')
+  return P

@@ -1,0 +1,138 @@
+"""Sampling: ground-truth scores, IID prompts and next tokens ``y ~ pi^X``.
+
+Randomness is explicit: every sampler takes a PRNG key first. Sample ``t`` of a data set is
+drawn from ``fold_in(key, t)``, so the first ``n`` samples do not depend on how many are drawn
+in total: a data set of size ``n`` is the prefix of any larger one drawn with the same key.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ccmc_jax import model
+
+
+class Dataset(NamedTuple):
+  """``n`` (prompt, next token) pairs, reduced to what the likelihood needs.
+
+  Attributes:
+    query: (n,) int32 query tokens ``x_L``.
+    counts: (n, K) float32 key counts ``m(X)`` (the query excluded for cross-attention).
+    y: (n,) int32 next tokens.
+  """
+  query: jax.Array
+  counts: jax.Array
+  y: jax.Array
+
+
+def sample_scores(key, K, scale=1.0, zero_diag=False):
+  """Ground-truth scores ``A* ~ N(0, scale^2)`` (K x K); ``W* = A*^T`` for ``E = I``.
+
+  Args:
+    key: PRNG key.
+    K: vocabulary size.
+    scale: standard deviation of the entries.
+    zero_diag: set the diagonal to ``-inf`` (``P* = zero_diagonal(P)``).
+  Returns:
+    (K, K) float32 scores; ``P* = softmax(A*, axis=-1)``.
+  References: shared/paper.md Sec. 2 (default ``A* ~ N(0, 1)``).
+  """
+  A = scale * jax.random.normal(key, (K, K), jnp.float32)
+  if zero_diag:
+    A = jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, A)
+  return A
+
+
+def uniform_prompt(K, L) -> Callable:
+  """Prompt sampler: ``L`` IID uniform tokens over ``[K]`` (paper Sec. 3 default).
+
+  A prompt sampler maps uniforms ``u`` of shape (..., L + 1) in [0, 1) to prompts (..., L).
+  """
+  def sample(u):
+    return jnp.minimum(jnp.floor(u[..., :L] * K), K - 1).astype(jnp.int32)
+  return sample
+
+
+def two_group_prompt(K, L) -> Callable:
+  """Prompt sampler whose cross-attention co-occurrence graphs are disconnected.
+
+  The query is uniform over ``[K]``; the ``L - 1`` context tokens are uniform over one of two
+  groups, ``{0..K/2-1}`` or ``{K/2..K-1}``, picked with probability 1/2 per prompt. Contexts
+  never mix the groups, so for cross-attention every ``G_k`` has two components (Thm 3.4
+  fails), while self-attention joins them through the query.
+  References: paper Fig. 3; shared/paper.md Sec. 2 (consistency).
+  """
+  half = K // 2
+
+  def sample(u):
+    second = u[..., L:L + 1] < 0.5
+    lo = jnp.where(second, half, 0)
+    size = jnp.where(second, K - half, half)
+    ctx = lo + jnp.minimum(jnp.floor(u[..., :L - 1] * size), size - 1).astype(jnp.int32)
+    q = jnp.minimum(jnp.floor(u[..., L - 1:L] * K), K - 1).astype(jnp.int32)
+    return jnp.concatenate([ctx, q], axis=-1).astype(jnp.int32)
+  return sample
+
+
+PROMPTS = {'uniform': uniform_prompt, 'two_group': two_group_prompt}
+BLOCK = 1024  # samples per fold_in block: data sets are prefixes of larger ones
+
+
+def _uniforms(key, n, width):
+  """(n, width) uniforms; block b of BLOCK rows comes from fold_in(key, b) (prefix-stable)."""
+  blocks = -(-n // BLOCK)
+  keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(blocks))
+  u = jax.vmap(lambda k: jax.random.uniform(k, (BLOCK, width)))(keys)
+  return u.reshape(blocks * BLOCK, width)[:n]
+
+
+def sample_prompts(key, n, L, prompt_fn):
+  """``n`` IID prompts of length ``L`` from ``prompt_fn``; returns (n, L) int32."""
+  return prompt_fn(_uniforms(key, n, L + 1))
+
+
+def categorical_from_uniform(u, log_probs):
+  """Inverse-CDF draw from ``exp(log_probs)`` (..., K) with uniforms ``u`` (...)."""
+  cdf = jnp.cumsum(jnp.exp(log_probs), axis=-1)
+  cdf = cdf / cdf[..., -1:]
+  K = log_probs.shape[-1]
+  return jnp.minimum((cdf <= u[..., None]).sum(-1), K - 1).astype(jnp.int32)
+
+
+def sample_next_tokens(key, log_P, X, cross=False):
+  """Next tokens ``y_t ~ pi^{X_t}`` for prompts ``X`` (n, L).
+
+  Args:
+    key: PRNG key.
+    log_P: (K, K) log base chain (``-inf`` allowed, e.g. a zero diagonal) or scores ``A``.
+    X: (n, L) int prompts.
+    cross: cross-attention keys (query excluded).
+  Returns:
+    (n,) int32 next tokens.
+  References: paper Lemma 2.2; Fig. 4 (single outputs of many IID prompts).
+  """
+  counts = model.token_counts(X, log_P.shape[-1], cross)
+  log_pi = model.ccmc_log_probs(log_P[X[:, -1]], counts)
+  return categorical_from_uniform(_uniforms(key, X.shape[0], 1)[:, 0], log_pi)
+
+
+def sample_dataset(key, A, n, L, prompt_fn, cross=False):
+  """``n`` IID pairs ``(X, y)`` with ``y ~ pi^X(A)``, reduced to a :class:`Dataset`.
+
+  Args:
+    key: PRNG key.
+    A: (K, K) ground-truth scores (or ``log P``).
+    n: number of samples (static).
+    L: prompt length (static).
+    prompt_fn: prompt sampler, e.g. ``uniform_prompt(K, L)``.
+    cross: cross-attention (query not among the keys).
+  Returns:
+    Dataset with ``n`` rows.
+  References: paper Sec. 3 (learning from IID prompts).
+  """
+  x_key, y_key = jax.random.split(key)
+  X = sample_prompts(x_key, n, L, prompt_fn)
+  y = sample_next_tokens(y_key, A, X, cross)
+  return Dataset(X[:, -1], model.token_counts(X, A.shape[-1], cross), y)

@@ -1,0 +1,90 @@
+"""Single-trajectory generation: ``x_{t+1} ~ pi^{X_t}``, appended to a growing (or sliding) context.
+
+References: paper Sec. 4 (one trajectory; distribution collapse), Fig. 5.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ccmc_jax import model
+from ccmc_jax import sampling
+from ccmc_jax.sampling import Dataset
+
+
+class Trajectory(NamedTuple):
+  """``tokens`` (T,) generated tokens; ``freqs`` (T, K) context frequencies after each step
+  (count / current context length), or (1, K) final frequencies when ``trace=False``."""
+  tokens: jax.Array
+  freqs: jax.Array
+
+
+def generate(key, log_P, X0, T, window=None, trace=True):
+  """Generate ``T`` tokens from the CCMC starting at prompt ``X0`` with ``lax.scan``.
+
+  The state is the count vector of the context and the last token, updated in O(K) per step
+  (the prompt is never re-scanned). The T uniforms of the inverse-CDF draws come from one call.
+
+  Args:
+    key: PRNG key.
+    log_P: (K, K) log base chain; ``-inf`` entries allowed (e.g. a zero diagonal).
+    X0: (L0,) int initial prompt; its last token is the first query.
+    T: number of tokens to generate (static).
+    window: None for a growing context; an int ``L`` keeps only the last ``L`` tokens.
+    trace: return per-step frequencies (T, K); False returns only the final ones (1, K).
+  Returns:
+    Trajectory.
+  References: paper Sec. 4; shared/paper.md Sec. 3 (facts (1)-(4)).
+  """
+  log_P = jnp.asarray(log_P, jnp.float32)
+  X0 = jnp.asarray(X0, jnp.int32)
+  K = log_P.shape[-1]
+  counts0 = jax.nn.one_hot(X0, K, dtype=jnp.float32).sum(0)
+  if window is None:
+    buf0 = jnp.zeros((1,), jnp.int32)
+  else:
+    # Ring buffer of the last `window` tokens; -1 marks an empty slot.
+    buf0 = jnp.full((window,), -1, jnp.int32).at[window - min(window, X0.shape[0]):].set(
+        X0[-window:])
+    counts0 = jax.nn.one_hot(buf0, K, dtype=jnp.float32).sum(0)
+
+  def step(carry, xs):
+    counts, last, buf = carry
+    t, u = xs
+    y = sampling.categorical_from_uniform(u, model.ccmc_log_probs(log_P[last], counts))
+    counts = counts.at[y].add(1.0)
+    if window is not None:
+      slot = t % window
+      counts = counts - jax.nn.one_hot(buf[slot], K, dtype=jnp.float32)  # -1 subtracts nothing
+      buf = buf.at[slot].set(y)
+    freqs = counts / counts.sum()
+    return (counts, y, buf), (y, freqs) if trace else y
+
+  xs = (jnp.arange(T), jax.random.uniform(key, (T,)))
+  (counts, _, _), out = jax.lax.scan(step, (counts0, X0[-1], buf0), xs)
+  if trace:
+    return Trajectory(*out)
+  return Trajectory(out, (counts / counts.sum())[None])
+
+
+def as_dataset(X0, tokens, K):
+  """The ``T`` (context, next token) pairs of a growing-context trajectory, as a Dataset.
+
+  Pair ``t`` has query ``x_t`` (the last context token), counts of ``X0 + tokens[:t]`` and
+  answer ``tokens[t]``, so :func:`ccmc_jax.fit.fit_scores` learns ``W`` from one trajectory.
+  References: shared/paper.md Sec. 3 (estimation from a single trajectory).
+  """
+  X0 = jnp.asarray(X0, jnp.int32)
+  tokens = jnp.asarray(tokens, jnp.int32)
+  counts0 = jax.nn.one_hot(X0, K, dtype=jnp.float32).sum(0)
+  after = counts0 + jnp.cumsum(jax.nn.one_hot(tokens, K, dtype=jnp.float32), axis=0)
+  before = jnp.concatenate([counts0[None], after[:-1]], axis=0)
+  query = jnp.concatenate([X0[-1:], tokens[:-1]])
+  return Dataset(query, before, tokens)
+
+
+def top_shares(freqs, k=2):
+  """Sum of the ``k`` largest frequencies (top-1, top-2 shares of the context)."""
+  return jax.lax.top_k(freqs, k)[0].sum(-1)

@@ -1,0 +1,205 @@
+"""Shared plumbing of the experiment scripts: flags every script has, flag checks with one-line
+errors, resumable atomic results, metadata sidecars, progress lines and figure saving.
+
+The experiments import ``ccmc_jax``; ``ccmc_jax`` never imports this.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ccmc_jax import io
+
+flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
+flags.DEFINE_string('results_dir', 'results', 'Folder for the CSV results and .meta.json.')
+flags.DEFINE_string('figures_dir', 'figures', 'Folder for the PNG and PDF figures.')
+flags.DEFINE_bool('quick', False, 'Small, fast smoke-test settings (overrides the defaults).')
+flags.DEFINE_bool('resume', False, 'Skip settings already in the results CSV (same flags).')
+flags.DEFINE_bool('plot_only', False, 'Only re-render the figure from the existing CSV.')
+
+FLAGS = flags.FLAGS
+COMMON_FLAGS = ('seed', 'results_dir', 'figures_dir', 'quick', 'resume', 'plot_only')
+# Flags that do not change the numbers in a results CSV (ignored when checking --resume).
+NEUTRAL_FLAGS = ('results_dir', 'figures_dir', 'resume', 'plot_only')
+
+
+class FlagError(ValueError):
+  """A bad flag value: reported as one line naming the flag and its allowed values."""
+
+
+def check_int(name, value, lo, hi=None):
+  """Require ``lo <= value <= hi`` for an int flag (or every element of a list flag)."""
+  for v in value if isinstance(value, (list, tuple)) else [value]:
+    try:
+      ok = int(v) == float(v) and int(v) >= lo and (hi is None or int(v) <= hi)
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      allowed = f'an integer >= {lo}' if hi is None else f'an integer in [{lo}, {hi}]'
+      raise FlagError(f'--{name}={v} is invalid: allowed values are {allowed}')
+  if isinstance(value, (list, tuple)) and not value:
+    raise FlagError(f'--{name} is empty: give at least one value')
+
+
+def check_float(name, value, lo=None, hi=None, lo_open=False):
+  """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
+  for v in value if isinstance(value, (list, tuple)) else [value]:
+    try:
+      v = float(v)
+    except (TypeError, ValueError):
+      raise FlagError(f'--{name}={v} is invalid: allowed values are finite numbers') from None
+    low_ok = lo is None or (v > lo if lo_open else v >= lo)
+    if not (math.isfinite(v) and low_ok and (hi is None or v <= hi)):
+      rng = f'{"(" if lo_open else "["}{"-inf" if lo is None else lo}, {"inf" if hi is None else hi}]'
+      raise FlagError(f'--{name}={v} is invalid: allowed values are finite numbers in {rng}')
+
+
+def check_choice(name, value, choices):
+  """Require ``value`` (or each element) to be one of ``choices``."""
+  for v in value if isinstance(value, (list, tuple)) else [value]:
+    if v not in choices:
+      raise FlagError(f'--{name}={v} is invalid: allowed values are {", ".join(choices)}')
+
+
+def check_writable_dir(name, path):
+  """Require ``path`` to be (creatable as) a writable folder."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise FlagError(f'--{name}={path} is not a writable folder (permission denied)')
+
+
+def check_memory(name, value, bytes_needed, fraction=0.7):
+  """Refuse settings whose estimated working set exceeds ``fraction`` of physical memory."""
+  try:
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return
+  if bytes_needed > fraction * total:
+    raise FlagError(f'--{name}={value} needs about {bytes_needed / 2**30:.1f} GiB, more than '
+                    f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
+
+
+def flag_values(names):
+  """The values of the named flags, as a plain dict for the metadata sidecar."""
+  return {n: FLAGS[n].value for n in list(names) + list(COMMON_FLAGS)}
+
+
+def progress(msg, start=None):
+  """A progress line on stderr: the message and the elapsed time."""
+  elapsed = '' if start is None else f' [{time.time() - start:6.1f} s]'
+  print(f'{msg}{elapsed}', file=sys.stderr, flush=True)
+
+
+class Results:
+  """A long-format results table written atomically after every finished setting.
+
+  With ``resume=True`` the rows of an existing CSV made with the same flags are kept and
+  :meth:`done` says which settings to skip. Rows are sorted by ``keys`` on every write, so an
+  interrupted-then-resumed run ends with exactly the bytes of an uninterrupted one.
+  """
+
+  def __init__(self, name, keys, flag_dict, resume=False):
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    self.name, self.keys, self.flags = name, list(keys), flag_dict
+    self.path = os.path.join(FLAGS.results_dir, f'{name}.csv')
+    self.meta_path = os.path.join(FLAGS.results_dir, f'{name}.meta.json')
+    self.frame = pd.DataFrame()
+    self.start = time.time()
+    if resume and os.path.isfile(self.path):
+      meta = io.read_meta(self.meta_path) or {}
+      old = {k: v for k, v in meta.get('flags', {}).items() if k not in NEUTRAL_FLAGS}
+      new = {k: v for k, v in flag_dict.items() if k not in NEUTRAL_FLAGS}
+      if old != new:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise FlagError(f'--resume: {self.path} was made with other flags '
+                        f'({", ".join(changed) or "no metadata"}); rerun without --resume')
+      self.frame = io.read_csv(self.path, required=self.keys)
+
+  def done(self, setting: dict) -> bool:
+    """Whether the rows of this setting (a dict over some of the key columns) are present."""
+    if self.frame.empty:
+      return False
+    mask = True
+    for k, v in setting.items():
+      mask = mask & (self.frame[k] == v)
+    return bool(getattr(mask, 'any', lambda: mask)())
+
+  def add(self, rows):
+    """Append rows (a DataFrame) and rewrite the CSV atomically (status 'partial')."""
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    self.frame = pd.concat([self.frame, rows], ignore_index=True) if len(self.frame) else rows
+    self.frame = self.frame.sort_values(self.keys, kind='stable').reset_index(drop=True)
+    io.write_csv(self.frame, self.path)
+    io.write_meta(self.meta_path, self.flags, status='partial', rows=len(self.frame))
+
+  def finish(self, **extra):
+    """Mark the results complete in the sidecar, with the wall time."""
+    wall = time.time() - self.start
+    io.write_meta(self.meta_path, self.flags, status='complete', rows=len(self.frame),
+                  wall_time_s=round(wall, 2), **extra)
+    return wall
+
+
+def save_figure(fig, name):
+  """Save ``figures_dir/name.png`` and ``.pdf`` atomically (temporary file, then rename)."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  os.makedirs(FLAGS.figures_dir, exist_ok=True)
+  paths = []
+  for ext in ('png', 'pdf'):
+    path = os.path.join(FLAGS.figures_dir, f'{name}.{ext}')
+    tmp = path + '.tmp'
+    fig.savefig(tmp, format=ext, dpi=150, bbox_inches='tight',
+                metadata={'CreationDate': None} if ext == 'pdf' else {'Software': None})
+    os.replace(tmp, path)
+    paths.append(path)
+  plt.close(fig)
+  return paths
+
+
+def setup_jax():
+  """Persistent compilation cache (env CCMC_JAX_CACHE; empty disables) so reruns skip XLA
+  compilation. Caching never changes the numbers."""
+  import jax  # pylint: disable=import-outside-toplevel
+  cache = os.environ.get('CCMC_JAX_CACHE', os.path.expanduser('~/.cache/ccmc_jax/xla'))
+  if cache:
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
+def _raise_interrupt(signum, frame):
+  raise KeyboardInterrupt(f'signal {signum}')
+
+
+def run(main):
+  """``absl.app.run`` with one-line errors and a clean exit on Ctrl-C / SIGTERM.
+
+  Flag and results errors print ``error: ...`` and exit 2 (no traceback). An interrupt exits
+  130; the CSV then holds every setting finished so far (each was written atomically).
+  """
+  def wrapped(argv):
+    if len(argv) > 1:
+      print(f'error: unexpected arguments {" ".join(argv[1:])} (flags look like --K=5)',
+            file=sys.stderr)
+      sys.exit(2)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except (FlagError, io.ResultsError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    except KeyboardInterrupt:
+      print('interrupted: the results CSV holds every setting finished so far; '
+            'rerun with --resume to complete it', file=sys.stderr)
+      sys.exit(130)
+  app.run(wrapped)
