@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Regenerate every results CSV and figure of the paper (full fidelity, ~minutes on 2 CPU cores).
+#   bash run_all.sh            # paper fidelity: results/ and figures/
+#   bash run_all.sh --quick    # smoke run with small settings, into results/quick, figures/quick
+# Any further arguments are passed to every experiment (e.g. --seed=1).
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -n "${VIRTUAL_ENV:-}" ] || { [ -d .venv ] && . .venv/bin/activate; } || true
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+
+args=()
+quick=0
+for a in "$@"; do
+  if [ "$a" = "--quick" ]; then quick=1; else args+=("$a"); fi
+done
+if [ "$quick" = 1 ]; then
+  args+=(--quick --results_dir=results/quick --figures_dir=figures/quick)
+fi
+
+experiments=(
+  ccmc_example
+  attention_equivalence
+  sample_complexity
+  self_vs_cross
+  positional_encoding
+  collapse
+  collapse_statistics
+  trajectory_learning
+)
+total_start=$(date +%s)
+for name in "${experiments[@]}"; do
+  extra=()
+  # The paper-fidelity sample-complexity run adds the prompt-length sweep (issue: Fig. 6).
+  if [ "$name" = sample_complexity ] && [ "$quick" = 0 ]; then extra+=(--L_sweep=2,5,20); fi
+  start=$(date +%s)
+  echo "== $name" >&2
+  python -m "experiments.$name" "${args[@]}" "${extra[@]}"
+  echo "== $name took $(( $(date +%s) - start )) s" >&2
+done
+echo "== all experiments took $(( $(date +%s) - total_start )) s" >&2
