@@ -141,7 +141,8 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter):
 
   Each iteration makes exactly one pass over the row's samples: it evaluates loss, gradient
   and Hessian at the trial point ``a + t d``; the point is accepted when it passes the Armijo
-  test (then ``t`` doubles, up to 1), otherwise rejected and ``t`` halves. This is backtracking
+  test or is in the quadratic phase (then ``t`` doubles, up to 1), otherwise rejected and ``t``
+  halves. This is backtracking
   spread over iterations, so rows batched under vmap never wait on each other's line searches.
   """
   K = log_m.shape[-1]
@@ -155,7 +156,9 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter):
     d = -jnp.linalg.solve(H + ones, g)
     decrement = -g @ d
     trial = _row_stats(a + t * d, log_m, w, b, ridge)
-    ok = (trial[0] <= f0 - 1e-4 * t * decrement) & (decrement > 0)
+    # Armijo test; near the optimum (total decrement below one nat, the quadratic phase) the
+    # full Newton step is taken as is: there the float32 loss cannot resolve the decrease.
+    ok = ((trial[0] <= f0 - 1e-4 * t * decrement) | (n * decrement < 1.0)) & (decrement > 0)
     a = jnp.where(ok, a + t * d, a)
     stats = jax.tree.map(lambda x, y: jnp.where(ok, x, y), trial, (f0, g, H))
     done = (n * decrement < tol) | (t < 1e-4)
@@ -170,7 +173,7 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter):
   return a - a.mean(), it
 
 
-def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-3, max_iter=50):
+def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-4, max_iter=50):
   """Maximum-likelihood scores ``A_hat`` from a data set, by batched damped Newton.
 
   Args:
