@@ -57,8 +57,12 @@ def token_counts(X, K, cross=False):
     float32 array (..., K) of counts (sum L, or L-1 when ``cross``).
   References: paper Definition 2.1 (``m(X)``).
   """
-  keys = X[..., :-1] if cross else X
-  return jax.nn.one_hot(keys, K, dtype=jnp.float32).sum(axis=-2)
+  keys = jnp.asarray(X[..., :-1] if cross else X)
+  flat = keys.reshape(-1, keys.shape[-1])
+  # Scatter-add, not one_hot(...).sum(): memory O(K) per prompt instead of O(L K).
+  rows = jnp.arange(flat.shape[0])[:, None]
+  counts = jnp.zeros((flat.shape[0], K), jnp.float32).at[rows, flat].add(1.0)
+  return counts.reshape(keys.shape[:-1] + (K,))
 
 
 def ccmc_log_probs(log_P_rows, counts):
@@ -73,8 +77,14 @@ def ccmc_log_probs(log_P_rows, counts):
     (..., K) log next-token probabilities.
   References: paper Lemma 2.2.
   """
-  logits = jnp.where(counts > 0, log_P_rows + jnp.log(jnp.where(counts > 0, counts, 1.0)),
-                     -jnp.inf)
+  present = counts > 0
+  log_m = jnp.log(jnp.where(present, counts, 1.0))
+  logits = jnp.where(present, log_P_rows + log_m, -jnp.inf)
+  # A float32 P can underflow to 0 on every key token (score gaps above ~100): the row then
+  # carries no information and pi would be 0/0. Fall back to pi proportional to m (never NaN);
+  # the exact law needs the scores: attention_next_token_probs, or log_softmax(A) rows here.
+  lost = jnp.all(jnp.isneginf(logits), axis=-1, keepdims=True)
+  logits = jnp.where(lost & present, log_m, logits)
   return jax.nn.log_softmax(logits, axis=-1)
 
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from experiments import common
 
+flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
+
 # A = W^T has rows (0.4, 1.3, 0.3), (1.0, -0.5, 0.8), (0.2, 0.9, -0.3): from query token 1
 # (paper indexing) the chain favours token 2, while the context holds token 1 twice, so pi^X
 # visibly differs from both P[x_L] and m(X).

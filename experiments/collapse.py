@@ -22,6 +22,8 @@ import numpy as np
 
 from experiments import common
 
+flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
+
 _K = flags.DEFINE_integer('K', 6, 'Vocabulary size K (paper Fig. 5 uses 6), >= 2.')
 _T = flags.DEFINE_integer('T', 5000, 'Tokens generated per trajectory (time horizon), >= 1.')
 _SCALE = flags.DEFINE_float('scale', 1.0, 'Scores A ~ N(0, scale^2) of the random P; > 0.')

@@ -202,4 +202,10 @@ def run(main):
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)
       sys.exit(130)
-  app.run(wrapped)
+  try:
+    app.run(wrapped)
+  except SystemExit as e:
+    # absl exits 1 after printing --help; asking for help is not a failure.
+    if e.code == 1 and {'--help', '-h', '-?', '--helpshort', '--helpfull'} & set(sys.argv[1:]):
+      sys.exit(0)
+    raise

@@ -18,6 +18,8 @@ import numpy as np
 
 from experiments import common
 
+flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
+
 _K = flags.DEFINE_list('K', ['5', '10', '20'], 'Vocabulary sizes K (paper Sec. 2), >= 2.')
 _L = flags.DEFINE_list('L', ['10'], 'Prompt lengths L (paper Sec. 2), >= 1 (>= 2 with --cross).')
 _N = flags.DEFINE_list('n', ['1000', '2154', '4642', '10000', '21544', '46416', '100000'],
