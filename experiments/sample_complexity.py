@@ -186,7 +186,10 @@ def plot(csv_path):
   L0 = int(df['L'].mode().iloc[0])
   main = df[df['L'] == L0]
   Ks = sorted(main['K'].unique())
-  Ls = sorted(df[df['K'] == _K_FOR_L.value]['L'].unique()) if len(df['L'].unique()) > 1 else []
+  # The L-sweep panel: the K with several prompt lengths (read from the CSV, not the flags).
+  multi = [K for K, g in df.groupby('K') if g['L'].nunique() > 1]
+  K_L = int(multi[0]) if multi else None
+  Ls = sorted(df[df['K'] == K_L]['L'].unique()) if multi else []
   ncols = 3 if Ls else 2
   fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.2))
   c = float(np.median(main['error'] * main['n'] / main['K'] ** 2))
@@ -210,13 +213,13 @@ def plot(csv_path):
   axes[1].set(xscale='log', yscale='log', xlabel='n', ylabel='error · n / K²',
               title='K²-normalised: curves collapse')
   for L, color in zip(Ls, plt.cm.plasma(np.linspace(0, 0.85, max(len(Ls), 1)))):
-    g = df[(df['K'] == _K_FOR_L.value) & (df['L'] == L)].groupby('n')
+    g = df[(df['K'] == K_L) & (df['L'] == L)].groupby('n')
     axes[2].plot(g['error'].mean().index, g['error'].mean(), 'o-', color=color,
-                 label=f'L={L}: slope {slope.get((_K_FOR_L.value, L), np.nan):.2f}')
+                 label=f'L={L}: slope {slope.get((K_L, L), np.nan):.2f}')
     axes[2].plot(g['error'].mean().index, g['predicted_error'].mean(), '--', color=color, lw=1)
   if Ls:
     axes[2].set(xscale='log', yscale='log', xlabel='n', ylabel='‖P̂ − P*‖²_F',
-                title=f'Prompt length (K={_K_FOR_L.value})')
+                title=f'Prompt length (K={K_L})')
   for ax in axes:
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
