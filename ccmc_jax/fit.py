@@ -27,17 +27,24 @@ import optax
 
 from ccmc_jax.sampling import Dataset
 
+CHUNK = 256  # samples per chunk of a pass: a pass over n samples costs ~n, not ~capacity
+
+
 class Grouped(NamedTuple):
   """Samples sorted by query row, everything the likelihood needs.
 
   Attributes:
     log_m: (K, C, K) log key counts of the samples of each row (``-inf`` for absent tokens).
-    w: (K, C) sample weights ``1/n`` (0 on padding).
-    b: (K, K) answer frequencies ``b[k, j] = #{t: q_t = k, y_t = j} / n``.
+    w: (K, C) sample weights ``1/n`` (0 on padding and on samples beyond the first ``n``).
+    b: (K, K) answer frequencies ``b[k, j] = #{t < n: q_t = k, y_t = j} / n``.
+    index: (K, C) original sample index of each slot (``N`` on padding).
+    y: (K, C) answer of each slot.
   """
   log_m: jax.Array
   w: jax.Array
   b: jax.Array
+  index: jax.Array
+  y: jax.Array
 
 
 class FitResult(NamedTuple):
@@ -65,7 +72,10 @@ def round_capacity(c, multiple=256) -> int:
 
 
 def group_by_query(data: Dataset, K, capacity, n=None):
-  """Sort the first ``n`` samples of ``data`` by query into a padded per-row layout.
+  """Sort the samples of ``data`` by query into a padded per-row layout, weighted for ``n``.
+
+  The sort is stable and does not depend on ``n``: the first ``n`` samples of a row are a
+  prefix of its slots. So a sweep groups once and re-weights with :func:`restrict` per ``n``.
 
   Args:
     data: Dataset with N >= n rows.
@@ -76,21 +86,49 @@ def group_by_query(data: Dataset, K, capacity, n=None):
     (Grouped, dropped) where ``dropped`` is the number of samples that did not fit.
   """
   N = data.query.shape[0]
-  n = N if n is None else n
-  valid = jnp.arange(N) < n
-  q = jnp.where(valid, data.query, K)  # invalid samples sort after every real row
-  order = jnp.argsort(q, stable=True)
-  sizes = jnp.bincount(q, length=K + 1)[:K]
+  order = jnp.argsort(data.query, stable=True)
+  sizes = jnp.bincount(data.query, length=K)
   starts = jnp.cumsum(sizes) - sizes
   slot = jnp.arange(capacity)
+  real = slot[None, :] < sizes[:, None]
   src = order[jnp.clip(starts[:, None] + slot[None, :], 0, N - 1)]
-  w = (slot[None, :] < sizes[:, None]).astype(jnp.float32) / jnp.asarray(n, jnp.float32)
-  counts = data.counts[src]
+  index = jnp.where(real, src, N)
+  counts = jnp.where(real[..., None], data.counts[src], 0)
   log_m = jnp.where(counts > 0, jnp.log(jnp.where(counts > 0, counts, 1.0)), -jnp.inf)
-  b = jnp.bincount(q * K + data.y, weights=valid / jnp.asarray(n, jnp.float32),
-                   length=(K + 1) * K)[:K * K].reshape(K, K)
+  # Padding slots keep a finite row (token 0 present) so that no pass meets an all -inf row.
+  log_m = jnp.where(real[..., None], log_m, jnp.where(jnp.arange(K) == 0, 0.0, -jnp.inf))
+  g = Grouped(log_m, jnp.zeros((K, capacity)), jnp.zeros((K, K)), index, data.y[src])
   dropped = jnp.maximum(sizes - capacity, 0).sum()
-  return Grouped(log_m, w, b), dropped
+  return restrict(g, N if n is None else n), dropped
+
+
+def restrict(g: Grouped, n):
+  """Re-weight grouped samples to use only the first ``n`` (traced scalar allowed)."""
+  K = g.b.shape[0]
+  n_f = jnp.asarray(n, jnp.float32)
+  w = (g.index < n).astype(jnp.float32) / n_f
+  rows = jnp.broadcast_to(jnp.arange(K)[:, None], w.shape)
+  b = jnp.zeros((K, K), jnp.float32).at[rows, g.y].add(w)
+  return g._replace(w=w, b=b)
+
+
+def _chunked_sum(fn, log_m, w, slots=None):
+  """``sum_c fn(log_m[chunk c], w[chunk c])`` over the chunks holding the first ``slots`` slots.
+
+  ``slots`` (traced) bounds the work: a row's samples among the first ``n`` are a prefix of its
+  slots, so a pass costs ~n/K samples per row whatever the capacity. None: one chunk, all slots.
+  """
+  C = log_m.shape[0]
+  if slots is None or C <= CHUNK or C % CHUNK:
+    return fn(log_m, w)
+  zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, log_m[:CHUNK], w[:CHUNK]))
+
+  def body(c, acc):
+    lm = jax.lax.dynamic_slice_in_dim(log_m, c * CHUNK, CHUNK)
+    ww = jax.lax.dynamic_slice_in_dim(w, c * CHUNK, CHUNK)
+    return jax.tree.map(jnp.add, acc, fn(lm, ww))
+
+  return jax.lax.fori_loop(0, (slots + CHUNK - 1) // CHUNK, body, zero)
 
 
 def row_loss(a, log_m, w, b, ridge=0.0):
@@ -99,22 +137,25 @@ def row_loss(a, log_m, w, b, ridge=0.0):
   return w @ lse - b @ a + 0.5 * ridge * a @ a
 
 
-def _row_stats(a, log_m, w, b, ridge):
+def _row_stats(a, log_m, w, b, ridge, slots=None):
   """One pass over a row's samples: loss, gradient and Hessian at ``a``.
 
   Gradient ``sum_t w_t pi_t - b + ridge a``; Hessian ``sum_t w_t (diag pi_t - pi_t pi_t^T)``
   (+ ridge I), with ``pi_t = softmax(a + log m_t)`` = ``pi^{X_t}`` (Lemma 2.2).
   """
-  logits = a[None, :] + log_m
-  top = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
-  e = jnp.exp(logits - top)  # one exp per (sample, token): the pass is memory bound
-  total = e.sum(axis=-1, keepdims=True)
-  pi = e / total
-  lse = (top + jnp.log(total))[:, 0]
-  mean_pi = w @ pi
-  loss = w @ lse - b @ a + 0.5 * ridge * a @ a
+  def chunk(lm, ww):
+    logits = a[None, :] + lm
+    top = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    e = jnp.exp(logits - top)  # one exp per (sample, token): the pass is memory bound
+    total = e.sum(axis=-1, keepdims=True)
+    pi = e / total
+    lse = (top + jnp.log(total))[:, 0]
+    return ww @ lse, ww @ pi, (pi * ww[:, None]).T @ pi
+
+  lse, mean_pi, gram = _chunked_sum(chunk, log_m, w, slots)
+  loss = lse - b @ a + 0.5 * ridge * a @ a
   grad = mean_pi - b + ridge * a
-  hess = jnp.diag(mean_pi) - (pi * w[:, None]).T @ pi + ridge * jnp.eye(a.shape[0])
+  hess = jnp.diag(mean_pi) - gram + ridge * jnp.eye(a.shape[0])
   return loss, grad, hess
 
 
@@ -126,9 +167,9 @@ def row_hessian(a, log_m, w, b):
   return _row_stats(a, log_m, w, b, 0.0)[2]
 
 
-def _moment_init(log_m, w, b):
+def _moment_init(log_m, w, b, slots=None):
   """Start near the optimum: ``a_j = log(answers_j / exposure_j)`` (smoothed, centred)."""
-  exposure = w @ jnp.exp(log_m)
+  exposure = _chunked_sum(lambda lm, ww: ww @ jnp.exp(lm), log_m, w, slots)
   exposure = exposure / jnp.maximum(exposure.sum(), 1e-30)
   answers = b / jnp.maximum(b.sum(), 1e-30)
   scale = jnp.maximum(w.sum() / jnp.maximum(w.max(), 1e-30), 1.0)  # samples in this row
@@ -136,7 +177,7 @@ def _moment_init(log_m, w, b):
   return a - a.mean()
 
 
-def _newton_row(log_m, w, b, ridge, tol, max_iter):
+def _newton_row(log_m, w, b, ridge, tol, max_iter, slots=None):
   """Damped Newton on one row; returns (a_hat, iterations).
 
   Each iteration makes exactly one pass over the row's samples: it evaluates loss, gradient
@@ -155,7 +196,7 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter):
     # changing the solution on the complement, where g lives.
     d = -jnp.linalg.solve(H + ones, g)
     decrement = -g @ d
-    trial = _row_stats(a + t * d, log_m, w, b, ridge)
+    trial = _row_stats(a + t * d, log_m, w, b, ridge, slots)
     # Armijo test; near the optimum (total decrement below one nat, the quadratic phase) the
     # full Newton step is taken as is: there the float32 loss cannot resolve the decrease.
     ok = ((trial[0] <= f0 - 1e-4 * t * decrement) | (n * decrement < 1.0)) & (decrement > 0)
@@ -167,8 +208,8 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter):
   def cond(state):
     return (~state[4]) & (state[3] < max_iter)
 
-  a0 = _moment_init(log_m, w, b)
-  init = (a0, _row_stats(a0, log_m, w, b, ridge), jnp.float32(1.0), jnp.int32(0), False)
+  a0 = _moment_init(log_m, w, b, slots)
+  init = (a0, _row_stats(a0, log_m, w, b, ridge, slots), jnp.float32(1.0), jnp.int32(0), False)
   a, _, _, it, _ = jax.lax.while_loop(cond, step, init)
   return a - a.mean(), it
 
@@ -190,9 +231,30 @@ def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-4, max_ite
   References: paper Sec. 3 (convex MLE); shared/paper.md Sec. 2.
   """
   g, dropped = group_by_query(data, K, capacity, n)
-  solve = jax.vmap(_newton_row, in_axes=(0, 0, 0, None, None, None))
-  A_hat, iters = solve(g.log_m, g.w, g.b, ridge, tol, max_iter)
-  return FitResult(A_hat, iters.max(), dropped)
+  return fit_grouped(g, ridge, tol, max_iter)._replace(dropped=dropped)
+
+
+def fit_grouped(g: Grouped, ridge=1e-6, tol=1e-4, max_iter=50, slots=None):
+  """:func:`fit_scores` on already grouped samples (group once, :func:`restrict` per ``n``).
+
+  Each pass touches only the chunks holding a row's first-``n`` samples, so a fit on ``n``
+  samples costs ~n whatever the padding (one compiled function serves every ``n``).
+
+  Args:
+    g: Grouped samples, weighted for the ``n`` to fit.
+    slots: bound on the used slots per row (default: computed from ``g``). Under ``vmap`` pass
+      an unbatched bound (see :func:`used_slots`) so the chunk loop has one trip count.
+  """
+  slots = used_slots(g) if slots is None else slots
+  solve = jax.vmap(_newton_row, in_axes=(0, 0, 0, None, None, None, None))
+  A_hat, iters = solve(g.log_m, g.w, g.b, ridge, tol, max_iter, slots)
+  return FitResult(A_hat, iters.max(), jnp.int32(0))
+
+
+def used_slots(g: Grouped, n=None):
+  """Largest number of slots any row uses for the first ``n`` samples (all batch dims reduced)."""
+  used = g.w > 0 if n is None else g.index < n
+  return jnp.max(jnp.sum(used, axis=-1))
 
 
 def nll(A, grouped: Grouped, ridge=0.0):

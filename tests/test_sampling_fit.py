@@ -1,5 +1,7 @@
 """Samplers (frequencies within Monte-Carlo error, prefix stability) and the MLE (optimality
 against SciPy in float64, masking by n, 1/n decay matching the asymptotic theory)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,13 +11,26 @@ from scipy import optimize
 import ccmc_jax
 from ccmc_jax import fit, sampling, theory
 
+# Jitted once per shape (eager calls would re-trace the Newton while_loop on every call).
+fit_scores = jax.jit(fit.fit_scores, static_argnums=(1, 2),
+                     static_argnames=('ridge', 'tol', 'max_iter'))
+fit_scores_optax = jax.jit(fit.fit_scores_optax, static_argnums=(1, 2),
+                           static_argnames=('solver', 'steps'))
+
+
+@functools.lru_cache(maxsize=None)
+def _sampler(K, L, n, scale, prompts, cross):
+  fn = sampling.PROMPTS[prompts](K, L)
+
+  def draw(key):
+    A = sampling.sample_scores(jax.random.fold_in(key, 0), K, scale)
+    return A, sampling.sample_dataset(jax.random.fold_in(key, 1), A, n, L, fn, cross)
+
+  return jax.jit(draw)
+
 
 def make_data(K=4, L=5, n=4000, seed=0, scale=1.0, prompts='uniform', cross=False):
-  key = jax.random.PRNGKey(seed)
-  A = sampling.sample_scores(jax.random.fold_in(key, 0), K, scale)
-  data = sampling.sample_dataset(jax.random.fold_in(key, 1), A, n, L,
-                                 sampling.PROMPTS[prompts](K, L), cross)
-  return A, data
+  return _sampler(K, L, n, scale, prompts, cross)(jax.random.PRNGKey(seed))
 
 
 def test_next_tokens_follow_pi():
@@ -89,7 +104,7 @@ def test_newton_reaches_scipy_optimum(cross):
   K, ridge = 4, 1e-3
   A, data = make_data(K=K, n=3000, cross=cross)
   A_ref, f_ref = scipy_fit(data, K, ridge)
-  res = fit.fit_scores(data, K, fit.row_capacity(data.query, K), ridge=ridge, tol=1e-8)
+  res = fit_scores(data, K, fit.row_capacity(data.query, K), ridge=ridge, tol=1e-8)
   assert int(res.dropped) == 0
   f_ours, g = numpy_nll_grad(np.asarray(res.A_hat, np.float64).ravel(), np.asarray(data.query),
                              np.asarray(data.counts, np.float64), np.asarray(data.y), ridge, K)
@@ -118,7 +133,7 @@ def test_traced_n_equals_truncated_data():
   _, data = make_data(K=K, n=3000)
   cap = fit.round_capacity(fit.row_capacity(data.query, K))
   masked = jax.jit(lambda d, n: fit.fit_scores(d, K, cap, n, tol=1e-9).A_hat)(data, 1234)
-  alone = fit.fit_scores(jax.tree.map(lambda v: v[:1234], data), K, cap, tol=1e-9).A_hat
+  alone = fit_scores(jax.tree.map(lambda v: v[:1234], data), K, cap, tol=1e-9).A_hat
   np.testing.assert_allclose(masked, alone, atol=2e-5)
 
 
@@ -129,8 +144,8 @@ def test_vmap_equals_loop_and_capacity_guard():
   cap = fit.round_capacity(fit.row_capacity(batch.query, K))
   vm = jax.jit(jax.vmap(lambda d: fit.fit_scores(d, K, cap, tol=1e-9).A_hat))(batch)
   for i, d in enumerate(datas):
-    np.testing.assert_allclose(vm[i], fit.fit_scores(d, K, cap, tol=1e-9).A_hat, atol=2e-5)
-  assert int(fit.fit_scores(datas[0], K, 100).dropped) > 0
+    np.testing.assert_allclose(vm[i], fit_scores(d, K, cap, tol=1e-9).A_hat, atol=2e-5)
+  assert int(fit_scores(datas[0], K, 100).dropped) > 0
 
 
 def test_mle_nonexistence_stays_finite():
@@ -140,7 +155,7 @@ def test_mle_nonexistence_stays_finite():
   counts = jnp.array([[1., 1., 1.]] * 50)
   y = jnp.array([0, 1] * 25)
   data = sampling.Dataset(jnp.zeros(50, jnp.int32), counts, y.astype(jnp.int32))
-  res = fit.fit_scores(data, K, 64)
+  res = fit_scores(data, K, 64)
   P = jax.nn.softmax(res.A_hat, -1)
   assert bool(jnp.all(jnp.isfinite(res.A_hat)))
   assert float(P[0, 2]) < 1e-3
@@ -164,10 +179,11 @@ def test_error_decays_like_one_over_n_and_matches_theory():
   err = jax.jit(jax.vmap(lambda d, a, n: fit.p_error(fit.fit_scores(d, K, cap, n).A_hat, a),
                          in_axes=(0, 0, None)))
   e_small, e_big = float(err(data, A, 2000).mean()), float(err(data, A, 16000).mean())
-  mc = sampling.sample_dataset(jax.random.PRNGKey(8), A[0], 100000, L, fn)
-  mc_cap = fit.row_capacity(mc.query, K)
-  pred = np.mean([float(theory.predicted_error(a, sampling.sample_dataset(
-      jax.random.PRNGKey(8), a, 100000, L, fn), K, mc_cap, 16000)) for a in A])
+  mc_data = jax.jit(jax.vmap(lambda a: sampling.sample_dataset(jax.random.PRNGKey(8), a, 50000,
+                                                              L, fn)))(A)
+  mc_cap = fit.row_capacity(mc_data.query, K)
+  pred = float(jax.jit(jax.vmap(lambda a, mc: theory.predicted_error(a, mc, K, mc_cap, 16000)))(
+      A, mc_data).mean())
   assert 0.75 < e_big / pred < 1.33, (e_big, pred)
   assert 5.5 < e_small / e_big < 11.5, (e_small, e_big)
 
@@ -176,6 +192,6 @@ def test_optax_solvers_reach_the_newton_optimum():
   K = 4
   _, data = make_data(K=K, n=2000)
   cap = fit.row_capacity(data.query, K)
-  newton = fit.fit_scores(data, K, cap, tol=1e-8).A_hat
-  lbfgs = fit.fit_scores_optax(data, K, cap, solver='lbfgs', steps=200).A_hat
+  newton = fit_scores(data, K, cap, tol=1e-8).A_hat
+  lbfgs = fit_scores_optax(data, K, cap, solver='lbfgs', steps=200).A_hat
   np.testing.assert_allclose(jax.nn.softmax(lbfgs, -1), jax.nn.softmax(newton, -1), atol=1e-3)
