@@ -30,6 +30,9 @@ def atomic_write_text(path, text):
   try:
     with os.fdopen(fd, 'w', newline='') as f:
       f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary shared files
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -140,13 +140,14 @@ class Results:
     self.frame = pd.concat([self.frame, rows], ignore_index=True) if len(self.frame) else rows
     self.frame = self.frame.sort_values(self.keys, kind='stable').reset_index(drop=True)
     io.write_csv(self.frame, self.path)
-    io.write_meta(self.meta_path, self.flags, status='partial', rows=len(self.frame))
+    io.write_meta(self.meta_path, self.flags, status='partial', rows=len(self.frame),
+                  keys=self.keys)
 
   def finish(self, **extra):
     """Mark the results complete in the sidecar, with the wall time."""
     wall = time.time() - self.start
     io.write_meta(self.meta_path, self.flags, status='complete', rows=len(self.frame),
-                  wall_time_s=round(wall, 2), **extra)
+                  keys=self.keys, wall_time_s=round(wall, 2), **extra)
     return wall
 
 
