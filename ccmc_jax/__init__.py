@@ -8,7 +8,10 @@ Dynamics of Generative Transformers" (ICML 2024, arXiv 2402.13512). Modules, one
   fit         convex maximum-likelihood estimation (batched Newton), error metrics
   trajectory  single-trajectory generation (lax.scan), collapse statistics
   theory      asymptotic error prediction
+  identifiability  co-occurrence graphs, identifiability test (Thm 3.4), min-norm limit
+  positional  position-weighted CCMC (Def. 2.4 / Lemma 2.5), its sampler and joint MLE
   io          atomic results CSVs and metadata sidecars
+  compare     python -m ccmc_jax.compare A.csv B.csv: results CSVs within a tolerance
 """
 from ccmc_jax.model import attention_next_token_probs
 from ccmc_jax.model import ccmc_next_token_probs

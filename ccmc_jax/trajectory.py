@@ -30,7 +30,8 @@ def generate(key, log_P, X0, T, window=None, trace=True):
   Args:
     key: PRNG key.
     log_P: (K, K) log base chain; ``-inf`` entries allowed (e.g. a zero diagonal).
-    X0: (L0,) int initial prompt; its last token is the first query.
+    X0: (L0,) int initial prompt; its last token is the first query. Entries equal to -1 are
+      padding (zero counts) for a growing context; the last entry must be a real token.
     T: number of tokens to generate (static).
     window: None for a growing context; an int ``L`` keeps only the last ``L`` tokens.
     trace: return per-step frequencies (T, K); False returns only the final ones (1, K).
@@ -88,3 +89,51 @@ def as_dataset(X0, tokens, K):
 def top_shares(freqs, k=2):
   """Sum of the ``k`` largest frequencies (top-1, top-2 shares of the context)."""
   return jax.lax.top_k(freqs, k)[0].sum(-1)
+
+
+def initial_prompt(key, K, L0, length=None):
+  """X0: a random permutation of all K tokens, then ``L0 - K`` uniform tokens (L0 < K: the
+  first L0 tokens of the permutation): every row and column of P can matter from the start.
+
+  Args:
+    key: PRNG key.
+    K: vocabulary size (static).
+    L0: prompt length (traced allowed when ``length`` is given).
+    length: static padded length >= L0: the prompt is right-aligned and preceded by ``-1``
+      entries, which ``jax.nn.one_hot`` maps to zero counts, so ``trajectory.generate`` (growing
+      context) sees exactly the unpadded prompt. None: ``length = L0``.
+  Returns:
+    (length,) int32; uniform token i comes from fold_in(key, i), so X0 does not depend on
+    ``length``.
+  """
+  length = L0 if length is None else length
+  p_key, u_key = jax.random.split(key)
+  perm = jax.random.permutation(p_key, K).astype(jnp.int32)
+  extra = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(u_key, i), (), 0, K,
+                                                jnp.int32))(jnp.arange(length))
+  base = jnp.concatenate([perm, extra])[:length]
+  idx = jnp.arange(length) - (length - L0)
+  return jnp.where(idx >= 0, base[jnp.clip(idx, 0)], -1)
+
+
+def collapse_summary(freqs, threshold):
+  """Winner count, top shares and collapse time of one trajectory's running frequencies.
+
+  Args:
+    freqs: (T, K) running frequencies; row ``t - 1`` is the context after step ``t``.
+    threshold: winner threshold in (0, 1).
+  Returns:
+    dict of scalars: ``winners`` (#tokens with final frequency > threshold), ``top1``, ``top2``
+    (shares of the largest one / two final frequencies), ``collapse_time`` (the first step
+    ``t`` in 1..T from which the set of tokens above ``threshold`` equals the final set up to
+    ``T``; 1 if it never changes).
+  References: paper Sec. 4 (winner tokens); shared/paper.md Sec. 3.
+  """
+  freqs = jnp.asarray(freqs)
+  T = freqs.shape[0]
+  above = freqs > threshold
+  changed = jnp.any(above != above[-1], axis=-1)
+  last_change = jnp.max(jnp.where(changed, jnp.arange(T), -1))  # 0-based, -1 if never
+  top = -jnp.sort(-freqs[-1])
+  return {'winners': above[-1].sum(), 'top1': top[0], 'top2': top[:2].sum(),
+          'collapse_time': last_change + 2}

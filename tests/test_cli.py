@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Tiny sample-complexity settings: 3 (K, L) settings x 2 n values, a few seconds.
-SC_TINY = ['--K=3,4,5', '--n=200,400', '--trials=3', '--mc_samples=1000']
+# Tiny sample-complexity settings: 2 (K, L) settings x 2 n values, a few seconds.
+SC_TINY = ['--K=3,4', '--n=200,400', '--trials=3', '--mc_samples=1000']
 
 
 def run(module, *args, tmp, env=None, **kw):
@@ -28,15 +28,24 @@ def csv_bytes(tmp, name):
     return f.read()
 
 
-def test_same_seed_same_bytes_other_seed_other_numbers(tmp_path):
-  a, b, c = (run('experiments.sample_complexity', *SC_TINY, f'--seed={s}', tmp=tmp_path / d)
-             for d, s in (('a', 0), ('b', 0), ('c', 1)))
-  for r in (a, b, c):
+@pytest.fixture(scope='module')
+def sc_seed0(tmp_path_factory):
+  """One tiny sample-complexity run with --seed=0, shared by the tests below."""
+  tmp = tmp_path_factory.mktemp('sc_seed0')
+  r = run('experiments.sample_complexity', *SC_TINY, '--seed=0', tmp=tmp)
+  assert r.returncode == 0, r.stderr
+  return tmp
+
+
+def test_same_seed_same_bytes_other_seed_other_numbers(tmp_path, sc_seed0):
+  b, c = (run('experiments.sample_complexity', *SC_TINY, f'--seed={s}', tmp=tmp_path / d)
+          for d, s in (('b', 0), ('c', 1)))
+  for r in (b, c):
     assert r.returncode == 0, r.stderr
-  assert csv_bytes(tmp_path / 'a', 'sample_complexity') == csv_bytes(tmp_path / 'b',
-                                                                    'sample_complexity')
-  assert csv_bytes(tmp_path / 'a', 'sample_complexity') != csv_bytes(tmp_path / 'c',
-                                                                    'sample_complexity')
+  assert csv_bytes(sc_seed0, 'sample_complexity') == csv_bytes(tmp_path / 'b',
+                                                                'sample_complexity')
+  assert csv_bytes(sc_seed0, 'sample_complexity') != csv_bytes(tmp_path / 'c',
+                                                                'sample_complexity')
 
 
 def test_collapse_same_seed_same_bytes(tmp_path):
@@ -45,26 +54,25 @@ def test_collapse_same_seed_same_bytes(tmp_path):
   b = run('experiments.collapse', *args, tmp=tmp_path / 'b')
   c = run('experiments.collapse', *args, '--seed=5', tmp=tmp_path / 'c')
   assert a.returncode == b.returncode == c.returncode == 0, a.stderr + c.stderr
+  assert 'GPT-2 panel (paper Fig. 5 left) skipped: no --hf_model_dir' in a.stderr
+  assert not os.path.exists(tmp_path / 'a' / 'results' / 'collapse_gpt2.csv')
   for name in ('collapse', 'collapse_seeds'):
     assert csv_bytes(tmp_path / 'a', name) == csv_bytes(tmp_path / 'b', name)
     assert csv_bytes(tmp_path / 'a', name) != csv_bytes(tmp_path / 'c', name)
 
 
-def test_meta_sidecar_records_flags_versions_and_commit(tmp_path):
+def test_meta_sidecar_records_flags_versions_and_commit(sc_seed0):
   import json
-  r = run('experiments.sample_complexity', *SC_TINY, '--seed=3', tmp=tmp_path)
-  assert r.returncode == 0, r.stderr
-  with open(tmp_path / 'results' / 'sample_complexity.meta.json') as f:
+  with open(sc_seed0 / 'results' / 'sample_complexity.meta.json') as f:
     meta = json.load(f)
-  assert meta['flags']['seed'] == 3 and meta['flags']['K'] == ['3', '4', '5']
+  assert meta['flags']['seed'] == 0 and meta['flags']['K'] == ['3', '4']
+  assert meta['keys'] == ['K', 'L', 'n', 'trial']
   assert meta['status'] == 'complete'
   text = json.dumps(meta)
   assert 'jax' in text and 'git_commit' in text
 
 
-def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
-  full = run('experiments.sample_complexity', *SC_TINY, tmp=tmp_path / 'full')
-  assert full.returncode == 0, full.stderr
+def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path, sc_seed0):
   # Interrupted run: SIGTERM as soon as the first setting is reported finished.
   out = tmp_path / 'cut'
   cmd = [sys.executable, '-m', 'experiments.sample_complexity', *SC_TINY,
@@ -72,7 +80,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
                           stderr=subprocess.PIPE, text=True)
   for line in proc.stderr:
-    if '(2/6)' in line:  # two of the six (K, L, n) cells written
+    if '(2/4)' in line:  # two of the four (K, L, n) cells written
       proc.send_signal(signal.SIGTERM)
       break
   rest = proc.stderr.read()
@@ -80,14 +88,15 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
   assert 'interrupted' in rest
   partial = csv_bytes(out, 'sample_complexity')
   n_rows = partial.count(b'\n') - 1
-  assert 0 < n_rows < 18  # a valid CSV of what finished (6 cells x 3 trials when complete)
-  resumed = run('experiments.sample_complexity', *SC_TINY, '--resume', tmp=out)
+  assert 0 < n_rows < 12  # a valid CSV of what finished (4 cells x 3 trials when complete)
+  resumed = run('experiments.sample_complexity', *SC_TINY, '--seed=0', '--resume', tmp=out)
   assert resumed.returncode == 0, resumed.stderr
-  assert csv_bytes(out, 'sample_complexity') == csv_bytes(tmp_path / 'full', 'sample_complexity')
+  assert csv_bytes(out, 'sample_complexity') == csv_bytes(sc_seed0, 'sample_complexity')
 
 
-def test_resume_with_other_flags_is_refused(tmp_path):
-  assert run('experiments.sample_complexity', *SC_TINY, tmp=tmp_path).returncode == 0
+def test_resume_with_other_flags_is_refused(tmp_path, sc_seed0):
+  import shutil
+  shutil.copytree(sc_seed0, tmp_path, dirs_exist_ok=True)
   r = run('experiments.sample_complexity', *SC_TINY, '--scale=2', '--resume', tmp=tmp_path)
   assert r.returncode == 2 and r.stderr.startswith('error: --resume') and 'scale' in r.stderr
 

@@ -1,0 +1,852 @@
+"""GPT-2 greedy decoding collapsing into repetition (paper Sec. 4, Fig. 5 left), from LOCAL files.
+
+No PyTorch or transformers: a Hugging Face GPT-2 folder is read with numpy (config.json,
+model.safetensors, and optionally vocab.json + merges.txt for the byte-level BPE tokenizer), the
+forward pass runs in JAX, and greedy decoding is one jitted ``lax.scan`` per buffer length. The
+generated tokens are summarised in a long-format table (one row per token) and drawn as a token
+grid coloured by whether the n-gram ending at each token already occurred earlier in the text.
+
+  ids = validate_flags(model_dir, prompt, prompt_ids, steps)  # cheap: no weights read
+  model = load_gpt2(model_dir)                                # GPT2(config, params, tokenizer)
+  frame = generation_frame(model, ids, steps)                 # -> results/collapse_gpt2.csv
+  repetition_panel(ax, read_frame(csv))                       # plots from the CSV only
+
+Errors about the folder are ``GPT2Error`` (a ``common.FlagError``): one line that starts with
+``--hf_model_dir=<folder>``. Weights are only read from ``model.safetensors``; a folder with only
+``pytorch_model.bin`` must be converted first (e.g. ``safetensors.torch.save_file`` elsewhere).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import textwrap
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from experiments import common
+
+MODEL_FLAG = 'hf_model_dir'        # flag names used in the one-line error messages
+PROMPT_FLAG = 'gpt2_prompt'
+PROMPT_IDS_FLAG = 'gpt2_prompt_ids'
+STEPS_FLAG = 'gpt2_steps'
+DEFAULT_PROMPT = 'The meaning of life is'
+FRAME_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
+                 'repeated_fraction', 'p_greedy']
+
+
+class GPT2Error(common.FlagError):
+  """A missing, incomplete or malformed GPT-2 folder (a one-line message naming the flag)."""
+
+
+def _fail(model_dir, msg):
+  return GPT2Error(f'--{MODEL_FLAG}={model_dir}: {msg}')
+
+
+# ------------------------------------------------------------------------------------------
+# config.json and model.safetensors
+# ------------------------------------------------------------------------------------------
+
+class GPT2Config(NamedTuple):
+  """The architecture numbers of config.json (hashable: a static argument of ``jax.jit``)."""
+  n_layer: int
+  n_head: int
+  n_embd: int
+  vocab_size: int
+  n_positions: int
+  layer_norm_epsilon: float = 1e-5
+  n_inner: int = 0              # MLP width; 0 means 4 * n_embd as in GPT-2
+  activation: str = 'gelu_new'  # gelu_new (tanh approximation) or gelu (exact erf)
+
+  @property
+  def d_mlp(self):
+    return self.n_inner or 4 * self.n_embd
+
+
+_ACTIVATIONS = {'gelu_new': 'gelu_new', 'gelu_pytorch_tanh': 'gelu_new', 'gelu_fast': 'gelu_new',
+                'gelu': 'gelu'}
+
+
+def read_config(model_dir) -> GPT2Config:
+  """Parse ``model_dir/config.json`` (a Hugging Face GPT-2 config); one-line GPT2Error on
+  problems. ``n_ctx`` is accepted for ``n_positions`` (old configs)."""
+  if not os.path.isdir(model_dir):
+    raise _fail(model_dir, 'no such folder (expected a Hugging Face GPT-2 folder with '
+                'config.json and model.safetensors)')
+  path = os.path.join(model_dir, 'config.json')
+  if not os.path.isfile(path):
+    raise _fail(model_dir, 'has no config.json (expected a Hugging Face GPT-2 folder)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      cfg = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'config.json is not readable JSON ({e})') from None
+  if not isinstance(cfg, dict):
+    raise _fail(model_dir, 'config.json is not a JSON object')
+  if cfg.get('model_type', 'gpt2') != 'gpt2':
+    raise _fail(model_dir, f'config.json has model_type={cfg["model_type"]!r}; only gpt2 '
+                'is supported')
+  if 'n_positions' not in cfg and 'n_ctx' in cfg:
+    cfg['n_positions'] = cfg['n_ctx']
+  values = {}
+  for key in ('n_layer', 'n_head', 'n_embd', 'vocab_size', 'n_positions'):
+    v = cfg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+      raise _fail(model_dir, f'config.json: {key}={v!r} is not a positive integer')
+    values[key] = v
+  eps = cfg.get('layer_norm_epsilon', 1e-5)
+  if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+    raise _fail(model_dir, f'config.json: layer_norm_epsilon={eps!r} is not in (0, 1)')
+  n_inner = cfg.get('n_inner') or 0
+  if not isinstance(n_inner, int) or n_inner < 0:
+    raise _fail(model_dir, f'config.json: n_inner={n_inner!r} is not a positive integer')
+  act = cfg.get('activation_function', 'gelu_new')
+  if act not in _ACTIVATIONS:
+    raise _fail(model_dir, f'config.json: activation_function={act!r} is not supported '
+                f'(allowed: {", ".join(_ACTIVATIONS)})')
+  for key, standard in (('scale_attn_weights', True), ('scale_attn_by_inverse_layer_idx', False),
+                        ('reorder_and_upcast_attn', False)):
+    if cfg.get(key, standard) != standard:
+      raise _fail(model_dir, f'config.json: {key}={cfg[key]!r} is not supported '
+                  f'(only the standard GPT-2 value {standard})')
+  if values['n_embd'] % values['n_head']:
+    raise _fail(model_dir, f'config.json: n_embd={values["n_embd"]} is not a multiple of '
+                f'n_head={values["n_head"]}')
+  return GPT2Config(**values, layer_norm_epsilon=float(eps), n_inner=n_inner,
+                    activation=_ACTIVATIONS[act])
+
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 and
+# widened to float32 by a 16-bit shift (bfloat16 is the top half of a float32).
+_ST_DTYPES = {'F64': ('<f8', 8), 'F32': ('<f4', 4), 'F16': ('<f2', 2), 'BF16': ('<u2', 2),
+              'I64': ('<i8', 8), 'I32': ('<i4', 4), 'I16': ('<i2', 2), 'I8': ('i1', 1),
+              'U8': ('u1', 1), 'BOOL': ('?', 1)}
+
+
+def read_safetensors_header(path, model_dir=None):
+  """The tensor table of a .safetensors file without reading the data.
+
+  Format: an 8-byte little-endian header length N, N bytes of JSON
+  ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}``, then the raw
+  little-endian data; offsets are relative to the first byte after the header.
+
+  Returns:
+    ``(table, data_start, data_len)`` where ``table`` maps names to ``(dtype, shape, begin,
+    end)``. Raises GPT2Error (one line) for a malformed file.
+  """
+  where = model_dir if model_dir is not None else os.path.dirname(path)
+  name = os.path.basename(path)
+  try:
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+      head = f.read(8)
+      if len(head) < 8:
+        raise _fail(where, f'{name} is not a safetensors file (shorter than 8 bytes)')
+      n = int.from_bytes(head, 'little')
+      if n > size - 8:
+        raise _fail(where, f'{name} is not a safetensors file (header length {n} exceeds the '
+                    f'file size {size})')
+      header = json.loads(f.read(n).decode('utf-8'))
+  except OSError as e:
+    raise _fail(where, f'cannot read {name} ({e.strerror})') from None
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    raise _fail(where, f'{name} is not a safetensors file (header is not JSON)') from None
+  if not isinstance(header, dict):
+    raise _fail(where, f'{name} is not a safetensors file (header is not a JSON object)')
+  data_start, data_len = 8 + n, size - 8 - n
+  table = {}
+  for key, entry in header.items():
+    if key == '__metadata__':
+      continue
+    try:
+      dtype, shape, (begin, end) = entry['dtype'], entry['shape'], entry['data_offsets']
+      shape = tuple(int(s) for s in shape)
+    except (KeyError, TypeError, ValueError):
+      raise _fail(where, f'{name}: tensor {key} has a malformed header entry') from None
+    if dtype not in _ST_DTYPES:
+      table[key] = (dtype, shape, begin, end)  # only an error if the tensor is needed
+      continue
+    nbytes = math.prod(shape) * _ST_DTYPES[dtype][1]
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_len
+            and end - begin == nbytes):
+      raise _fail(where, f'{name}: tensor {key} has data_offsets [{begin}, {end}] that do not '
+                  f'match its {dtype} shape {list(shape)} (data section: {data_len} bytes); '
+                  'the file may be truncated')
+    table[key] = (dtype, shape, begin, end)
+  return table, data_start, data_len
+
+
+def read_safetensors(path, names: Optional[Sequence[str]] = None, model_dir=None):
+  """Read tensors of a .safetensors file into numpy (memory-mapped, then copied).
+
+  Args:
+    path: the file.
+    names: tensors to read (default: all).
+  Returns:
+    dict name -> array: F32/F64/F16 and integer dtypes as stored, BF16 widened to float32.
+  """
+  table, data_start, _ = read_safetensors_header(path, model_dir)
+  where = model_dir if model_dir is not None else os.path.dirname(path)
+  names = list(table) if names is None else list(names)
+  out = {}
+  if not names:
+    return out
+  raw = np.memmap(path, dtype=np.uint8, mode='r', offset=data_start) if os.path.getsize(
+      path) > data_start else np.zeros(0, np.uint8)
+  for key in names:
+    if key not in table:
+      raise _fail(where, f'{os.path.basename(path)} has no tensor {key}')
+    dtype, shape, begin, end = table[key]
+    if dtype not in _ST_DTYPES:
+      raise _fail(where, f'{os.path.basename(path)}: tensor {key} has dtype {dtype}; supported: '
+                  f'{", ".join(_ST_DTYPES)}')
+    storage = np.dtype(_ST_DTYPES[dtype][0])
+    count = math.prod(shape)
+    a = (np.frombuffer(raw, storage, count, begin) if count else np.zeros(0, storage))
+    a = a.reshape(shape).copy()  # copy: detach from the memory map
+    if dtype == 'BF16':
+      a = (a.astype(np.uint32) << 16).view(np.float32)
+    out[key] = a
+  del raw
+  return out
+
+
+# Per-block tensors: (our name, Hugging Face suffix, shape as a function of the config).
+_BLOCK_TENSORS = (
+    ('ln_1_g', 'ln_1.weight', lambda c: (c.n_embd,)),
+    ('ln_1_b', 'ln_1.bias', lambda c: (c.n_embd,)),
+    ('attn_w', 'attn.c_attn.weight', lambda c: (c.n_embd, 3 * c.n_embd)),
+    ('attn_b', 'attn.c_attn.bias', lambda c: (3 * c.n_embd,)),
+    ('attn_proj_w', 'attn.c_proj.weight', lambda c: (c.n_embd, c.n_embd)),
+    ('attn_proj_b', 'attn.c_proj.bias', lambda c: (c.n_embd,)),
+    ('ln_2_g', 'ln_2.weight', lambda c: (c.n_embd,)),
+    ('ln_2_b', 'ln_2.bias', lambda c: (c.n_embd,)),
+    ('fc_w', 'mlp.c_fc.weight', lambda c: (c.n_embd, c.d_mlp)),
+    ('fc_b', 'mlp.c_fc.bias', lambda c: (c.d_mlp,)),
+    ('mlp_proj_w', 'mlp.c_proj.weight', lambda c: (c.d_mlp, c.n_embd)),
+    ('mlp_proj_b', 'mlp.c_proj.bias', lambda c: (c.n_embd,)),
+)
+_TOP_TENSORS = (
+    ('wte', 'wte.weight', lambda c: (c.vocab_size, c.n_embd)),
+    ('wpe', 'wpe.weight', lambda c: (c.n_positions, c.n_embd)),
+    ('ln_f_g', 'ln_f.weight', lambda c: (c.n_embd,)),
+    ('ln_f_b', 'ln_f.bias', lambda c: (c.n_embd,)),
+)
+
+
+def _weights_path(model_dir):
+  path = os.path.join(model_dir, 'model.safetensors')
+  if os.path.isfile(path):
+    return path
+  if os.path.isfile(os.path.join(model_dir, 'model.safetensors.index.json')):
+    raise _fail(model_dir, 'sharded model.safetensors (model-0000x-of-0000y) is not supported; '
+                'save the model as one model.safetensors')
+  others = [f for f in ('pytorch_model.bin', 'tf_model.h5', 'flax_model.msgpack')
+            if os.path.isfile(os.path.join(model_dir, f))]
+  hint = (f' (found {", ".join(others)}: not supported, convert it to model.safetensors, e.g. '
+          'with safetensors.torch.save_file on another machine)' if others else
+          ' (pytorch_model.bin is not supported: convert it to model.safetensors)')
+  raise _fail(model_dir, f'has no model.safetensors{hint}')
+
+
+def _tensor_names(model_dir, config, table):
+  """Map our parameter names to the file's tensor names; check shapes (one-line errors)."""
+  prefix = 'transformer.' if 'transformer.wte.weight' in table else ''
+  if prefix + 'wte.weight' not in table:
+    raise _fail(model_dir, 'model.safetensors has no wte.weight (looked for '
+                'transformer.wte.weight and wte.weight): not a GPT-2 checkpoint')
+  wanted = {}
+  for ours, suffix, shape_fn in _TOP_TENSORS:
+    wanted[ours] = (prefix + suffix, shape_fn(config))
+  for i in range(config.n_layer):
+    for ours, suffix, shape_fn in _BLOCK_TENSORS:
+      wanted[f'{ours}/{i}'] = (f'{prefix}h.{i}.{suffix}', shape_fn(config))
+  for key in ('lm_head.weight', 'transformer.lm_head.weight'):
+    if key in table:
+      wanted['lm_head'] = (key, (config.vocab_size, config.n_embd))
+      break
+  extra_layer = f'{prefix}h.{config.n_layer}.ln_1.weight'
+  if extra_layer in table:
+    raise _fail(model_dir, f'model.safetensors has {extra_layer} but config.json says '
+                f'n_layer={config.n_layer}')
+  for ours, (key, shape) in wanted.items():
+    if key not in table:
+      raise _fail(model_dir, f'model.safetensors has no tensor {key} (needed by a GPT-2 with '
+                  f'n_layer={config.n_layer})')
+    got = tuple(table[key][1])
+    if got != shape:
+      hint = ''
+      if len(shape) == 2 and got == shape[::-1] and shape[0] != shape[1]:
+        hint = ' (transposed: GPT-2 Conv1D weights are stored as (in, out))'
+      raise _fail(model_dir, f'model.safetensors: {key} has shape {list(got)} but config.json '
+                  f'implies {list(shape)}{hint}')
+  return wanted
+
+
+def check_model_dir(model_dir, max_tokens: Optional[int] = None) -> GPT2Config:
+  """Cheap validation for a flag check: config.json, the safetensors header and every tensor
+  shape, without reading the weights. ``max_tokens`` (prompt + steps) must fit n_positions.
+
+  Returns:
+    the GPT2Config. Raises GPT2Error (one line) otherwise.
+  """
+  config = read_config(model_dir)
+  table, _, _ = read_safetensors_header(_weights_path(model_dir), model_dir)
+  wanted = _tensor_names(model_dir, config, table)
+  n_params = sum(math.prod(shape) for _, shape in wanted.values())
+  # float32 on the host and a device copy, plus the decoder's KV cache (small).
+  common.check_memory(MODEL_FLAG, model_dir, 8 * n_params)
+  if max_tokens is not None and max_tokens > config.n_positions:
+    raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {max_tokens} tokens exceeds the '
+                    f'model\'s n_positions={config.n_positions}')
+  return config
+
+
+class GPT2(NamedTuple):
+  """A loaded model: the config, float32 numpy parameters (``params['blocks']`` is a list of
+  per-layer dicts) and the tokenizer (None when vocab.json/merges.txt are absent).
+
+  Layers are a Python list, unrolled under jit: on CPU, ``lax.scan`` over stacked layer weights
+  copies each layer's slice every step (2x slower decoding for GPT-2 small in our timing)."""
+  config: GPT2Config
+  params: dict
+  tokenizer: Optional['BPETokenizer']
+  model_dir: str = ''
+
+  def token_text(self, token_id: int) -> str:
+    """The text of one token (``<id>`` without a tokenizer or for an id vocab.json lacks,
+    e.g. an embedding row padded beyond the vocabulary)."""
+    if self.tokenizer is None or int(token_id) not in self.tokenizer.decoder:
+      return f'<{int(token_id)}>'
+    return self.tokenizer.decode([int(token_id)])
+
+
+def load_gpt2(model_dir) -> GPT2:
+  """Load a local Hugging Face GPT-2 folder (config.json + model.safetensors [+ vocab.json,
+  merges.txt]) with numpy. Key prefixes ``transformer.h.0...`` and ``h.0...`` both work; the
+  Conv1D weights keep their (in, out) layout, used as ``x @ W``. F32, F16 and BF16 are read and
+  converted to float32. An ``lm_head.weight`` is used when present, else the tied ``wte``.
+
+  Returns:
+    GPT2(config, params, tokenizer, model_dir). Raises GPT2Error (one line) on any problem.
+  References: Radford et al. (2019), GPT-2; paper Fig. 5 (left).
+  """
+  config = read_config(model_dir)
+  path = _weights_path(model_dir)
+  table, _, _ = read_safetensors_header(path, model_dir)
+  wanted = _tensor_names(model_dir, config, table)
+  arrays = read_safetensors(path, [k for k, _ in wanted.values()], model_dir)
+  flat = {ours: arrays[key].astype(np.float32, copy=False) for ours, (key, _) in wanted.items()}
+  for ours, a in flat.items():
+    if not np.all(np.isfinite(a)):
+      raise _fail(model_dir, f'model.safetensors: {wanted[ours][0]} has non-finite values')
+  params = {k: flat[k] for k, _, _ in _TOP_TENSORS}
+  if 'lm_head' in flat and not np.array_equal(flat['lm_head'], flat['wte']):
+    params['lm_head'] = flat['lm_head']
+  params['blocks'] = [{k: flat[f'{k}/{i}'] for k, _, _ in _BLOCK_TENSORS}
+                      for i in range(config.n_layer)]
+  return GPT2(config, params, load_tokenizer(model_dir), str(model_dir))
+
+
+# ------------------------------------------------------------------------------------------
+# Forward pass and greedy decoding (JAX)
+# ------------------------------------------------------------------------------------------
+
+def _layer_norm(x, g, b, eps):
+  import jax  # pylint: disable=import-outside-toplevel
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
+
+
+def _gelu(x, activation):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  if activation == 'gelu':
+    return jax.nn.gelu(x, approximate=False)
+  # gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as in GPT-2.
+  return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _mlp(x, p, config):
+  h = _layer_norm(x, p['ln_2_g'], p['ln_2_b'], config.layer_norm_epsilon)
+  h = _gelu(h @ p['fc_w'] + p['fc_b'], config.activation)
+  return h @ p['mlp_proj_w'] + p['mlp_proj_b']
+
+
+def _unembed(x, params, config):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  x = _layer_norm(x, params['ln_f_g'], params['ln_f_b'], config.layer_norm_epsilon)
+  # (vocab, n_embd) @ x without transposing the largest matrix (a transposed copy per step).
+  return jnp.einsum('vd,...d->...v', params.get('lm_head', params['wte']), x)
+
+
+def forward(params, config: GPT2Config, ids_T):
+  """Logits of every position of one sequence: the full causal GPT-2 forward pass.
+
+  Args:
+    params: ``GPT2.params`` (numpy or jax arrays).
+    config: the GPT2Config (static under ``jax.jit``).
+    ids_T: int token ids, shape (T,), T <= n_positions.
+  Returns:
+    logits, shape (T, vocab_size); row t predicts token t + 1.
+  References: Radford et al. (2019): pre-LN blocks, causal multi-head attention, gelu_new MLP,
+    final ln_f, lm_head tied to the token embedding.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  T = ids_T.shape[0]
+  H, D = config.n_head, config.n_embd
+  hd = D // H
+  x = params['wte'][ids_T] + params['wpe'][:T]
+  causal = jnp.tril(jnp.ones((T, T), bool))
+
+  for p in params['blocks']:
+    h = _layer_norm(x, p['ln_1_g'], p['ln_1_b'], config.layer_norm_epsilon)
+    q, k, v = jnp.split(h @ p['attn_w'] + p['attn_b'], 3, axis=-1)
+    q, k, v = (a.reshape(T, H, hd) for a in (q, k, v))
+    s = jnp.einsum('thd,shd->hts', q, k) / math.sqrt(hd)
+    a = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
+    o = jnp.einsum('hts,shd->thd', a, v).reshape(T, D)
+    x = x + o @ p['attn_proj_w'] + p['attn_proj_b']
+    x = x + _mlp(x, p, config)
+  return _unembed(x, params, config)
+
+
+TRACES = {'decoder': 0}  # incremented when the decoder is traced (tests check: once per shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder(config: GPT2Config, S: int):
+  """jit of greedy decoding on a token buffer of length S (prompt + steps).
+
+  One ``lax.scan`` over positions t = 0..S-2 feeds token t (with a key/value cache per layer,
+  so each step costs one token's forward pass) and writes token t + 1: the prompt's token while
+  t + 1 < prompt_len (a traced scalar, so one compilation serves every prompt of this S), else
+  the argmax of the logits.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  L, H, D = config.n_layer, config.n_head, config.n_embd
+  hd = D // H
+
+  def run(params, buffer_S, prompt_len):
+    TRACES['decoder'] += 1
+    positions = jnp.arange(S)
+
+    def step(carry, t):
+      tokens, k_cache, v_cache = carry  # (S,) and per layer (S, H, hd) keys and values
+      x = params['wte'][tokens[t]] + params['wpe'][t]
+      new_k, new_v = [], []
+      for p, k_l, v_l in zip(params['blocks'], k_cache, v_cache):
+        h = _layer_norm(x, p['ln_1_g'], p['ln_1_b'], config.layer_norm_epsilon)
+        q, k, v = jnp.split(h @ p['attn_w'] + p['attn_b'], 3)
+        k_l = k_l.at[t].set(k.reshape(H, hd))
+        v_l = v_l.at[t].set(v.reshape(H, hd))
+        s = jnp.einsum('hd,shd->hs', q.reshape(H, hd), k_l) / math.sqrt(hd)
+        a = jax.nn.softmax(jnp.where(positions <= t, s, -jnp.inf), axis=-1)
+        o = jnp.einsum('hs,shd->hd', a, v_l).reshape(D)
+        x = x + o @ p['attn_proj_w'] + p['attn_proj_b']
+        x = x + _mlp(x, p, config)
+        new_k.append(k_l)
+        new_v.append(v_l)
+      logits = _unembed(x, params, config)
+      nxt = jnp.argmax(logits).astype(tokens.dtype)
+      p_greedy = jnp.exp(logits[nxt] - jax.nn.logsumexp(logits))
+      tokens = tokens.at[t + 1].set(jnp.where(t + 1 < prompt_len, tokens[t + 1], nxt))
+      return (tokens, new_k, new_v), p_greedy
+
+    cache = [jnp.zeros((S, H, hd), jnp.float32) for _ in range(L)]
+    (tokens, _, _), p = jax.lax.scan(step, (buffer_S, cache, cache), jnp.arange(S - 1))
+    return tokens, p
+
+  return jax.jit(run)
+
+
+def greedy_decode(model: GPT2, prompt_ids: Sequence[int], steps: int):
+  """Greedy decoding (argmax at every step, no sampling) of ``steps`` tokens after a prompt.
+
+  Args:
+    model: a loaded GPT2.
+    prompt_ids: at least one token id in [0, vocab_size).
+    steps: number of generated tokens; len(prompt_ids) + steps <= n_positions.
+  Returns:
+    (ids, p_greedy): int32 (steps,) generated tokens and float32 (steps,) the model's
+    probability of each generated (argmax) token.
+  References: paper Fig. 5 (left): greedy GPT-2 output degenerating into repetition.
+  """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  prompt = np.asarray(prompt_ids, np.int64).reshape(-1)
+  c = model.config
+  if prompt.size == 0:
+    raise GPT2Error(f'--{PROMPT_FLAG}: the prompt is empty; give at least one token')
+  if prompt.min() < 0 or prompt.max() >= c.vocab_size:
+    raise GPT2Error(f'--{PROMPT_IDS_FLAG}: token ids must be in [0, {c.vocab_size - 1}]')
+  common.check_int(STEPS_FLAG, steps, 1)
+  S = prompt.size + int(steps)
+  if S > c.n_positions:
+    raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {S} tokens exceeds the model\'s '
+                    f'n_positions={c.n_positions}')
+  buffer = np.zeros(S, np.int32)
+  buffer[:prompt.size] = prompt
+  tokens, p = _decoder(c, S)(model.params, jnp.asarray(buffer), jnp.int32(prompt.size))
+  return (np.asarray(tokens[prompt.size:], np.int32),
+          np.asarray(p[prompt.size - 1:], np.float32))
+
+
+# ------------------------------------------------------------------------------------------
+# Byte-level BPE tokenizer (vocab.json + merges.txt)
+# ------------------------------------------------------------------------------------------
+
+def bytes_to_unicode():
+  """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+  bs = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('\xa1'), ord('\xac') + 1))
+        + list(range(ord('\xae'), ord('\xff') + 1)))
+  cs = bs[:]
+  n = 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return dict(zip(bs, map(chr, cs)))
+
+
+# GPT-2's pre-tokenisation pattern is
+#   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# Python's `re` has no \p{..}: letters are approximated by [^\W\d_] (word characters that are
+# not decimal digits or '_') and numbers by \d (decimal digits, Unicode category Nd). The two
+# differ only on non-decimal numerals (Nl, No: e.g. '²', '½', 'Ⅻ'), which here group with
+# letters instead of numbers; ASCII and ordinary Unicode text split exactly as in GPT-2.
+PRETOKENIZE = re.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+
+
+class BPETokenizer:
+  """GPT-2 byte-level BPE: regex pre-tokenisation, bytes -> printable unicode, then merges
+  applied by rank (lowest first) within each piece. Special tokens such as <|endoftext|> are not
+  parsed from text (they encode as ordinary characters) but decode normally."""
+
+  def __init__(self, encoder: dict, merges: Sequence[tuple]):
+    self.encoder = dict(encoder)
+    self.decoder = {v: k for k, v in self.encoder.items()}
+    self.ranks = {tuple(m): i for i, m in enumerate(merges)}
+    self.byte_encoder = bytes_to_unicode()
+    self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+    self._cache = {}
+
+  def bpe(self, piece: str) -> list:
+    """Apply the merges to one pre-token (already mapped to byte characters)."""
+    if piece in self._cache:
+      return self._cache[piece]
+    word = list(piece)
+    while len(word) > 1:
+      pairs = set(zip(word[:-1], word[1:]))
+      best = min(pairs, key=lambda pair: self.ranks.get(pair, math.inf))
+      if best not in self.ranks:
+        break
+      merged, i = [], 0
+      while i < len(word):
+        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+          merged.append(word[i] + word[i + 1])
+          i += 2
+        else:
+          merged.append(word[i])
+          i += 1
+      word = merged
+    self._cache[piece] = word
+    return word
+
+  def encode(self, text: str) -> list:
+    """Token ids of ``text``."""
+    ids = []
+    for piece in PRETOKENIZE.findall(text):
+      chars = ''.join(self.byte_encoder[b] for b in piece.encode('utf-8'))
+      for token in self.bpe(chars):
+        if token not in self.encoder:
+          raise ValueError(f'token {token!r} is not in vocab.json (vocab and merges disagree)')
+        ids.append(self.encoder[token])
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of token ids (invalid UTF-8, e.g. half a character, becomes U+FFFD)."""
+    try:
+      chars = ''.join(self.decoder[int(i)] for i in ids)
+    except KeyError as e:
+      raise ValueError(f'token id {e.args[0]} is not in vocab.json') from None
+    return bytes(self.byte_decoder[c] for c in chars).decode('utf-8', errors='replace')
+
+
+def load_tokenizer(model_dir) -> Optional[BPETokenizer]:
+  """The BPE tokenizer of ``model_dir`` (vocab.json + merges.txt), or None if both are absent.
+
+  Raises GPT2Error (one line) if only one of them exists or either is malformed.
+  """
+  vocab_path = os.path.join(model_dir, 'vocab.json')
+  merges_path = os.path.join(model_dir, 'merges.txt')
+  have = [os.path.isfile(vocab_path), os.path.isfile(merges_path)]
+  if not any(have):
+    return None
+  if not all(have):
+    missing = 'merges.txt' if have[0] else 'vocab.json'
+    raise _fail(model_dir, f'has {"vocab.json" if have[0] else "merges.txt"} but no {missing} '
+                f'(the GPT-2 tokenizer needs both; without them give --{PROMPT_IDS_FLAG})')
+  try:
+    with open(vocab_path, encoding='utf-8') as f:
+      encoder = json.load(f)
+    with open(merges_path, encoding='utf-8') as f:
+      lines = f.read().split('\n')
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'vocab.json or merges.txt is not readable ({e})') from None
+  if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+    raise _fail(model_dir, 'vocab.json is not a JSON object of token -> id')
+  merges = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip() or (n == 1 and line.startswith('#version')):
+      continue
+    parts = line.split()
+    if len(parts) != 2:
+      raise _fail(model_dir, f'merges.txt line {n} is not two tokens: {line[:40]!r}')
+    merges.append(tuple(parts))
+  tokenizer = BPETokenizer(encoder, merges)
+  missing = [c for c in tokenizer.byte_decoder if c not in encoder]
+  if missing:
+    raise _fail(model_dir, f'vocab.json lacks {len(missing)} of the 256 byte tokens '
+                f'(e.g. {missing[0]!r}): not a byte-level BPE vocabulary')
+  return tokenizer
+
+
+def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) -> list:
+  """The prompt as token ids: ``prompt_ids`` (ints or strings, e.g. the --gpt2_prompt_ids list
+  flag) if given, else ``prompt`` encoded with the folder's tokenizer.
+
+  ``model_or_dir`` is a loaded GPT2 or a folder (only config.json and the tokenizer are read,
+  so this is cheap enough for a flag check). Raises GPT2Error (one line, naming the flag).
+  """
+  if isinstance(model_or_dir, GPT2):
+    config, tokenizer, model_dir = model_or_dir.config, model_or_dir.tokenizer, \
+        model_or_dir.model_dir
+  else:
+    model_dir = model_or_dir
+    config, tokenizer = read_config(model_dir), load_tokenizer(model_dir)
+  if prompt_ids:
+    ids = []
+    for v in prompt_ids:
+      try:
+        i = int(str(v).strip())
+      except ValueError:
+        i = -1
+      if not 0 <= i < config.vocab_size:
+        raise GPT2Error(f'--{PROMPT_IDS_FLAG}={v} is invalid: allowed values are token ids in '
+                        f'[0, {config.vocab_size - 1}]')
+      ids.append(i)
+    return ids
+  if tokenizer is None:
+    raise GPT2Error(f'--{PROMPT_FLAG}: {model_dir} has no vocab.json/merges.txt to encode text; '
+                    f'give the prompt as comma-separated --{PROMPT_IDS_FLAG}')
+  if not prompt:
+    raise GPT2Error(f'--{PROMPT_FLAG} is empty: give a prompt text or --{PROMPT_IDS_FLAG}')
+  try:
+    ids = tokenizer.encode(prompt)
+  except ValueError as e:
+    raise _fail(model_dir, str(e)) from None
+  bad = [i for i in ids if i >= config.vocab_size]
+  if bad:
+    raise _fail(model_dir, f'the tokenizer gives id {bad[0]} >= vocab_size={config.vocab_size}')
+  return ids
+
+
+# ------------------------------------------------------------------------------------------
+# Repetition statistics, the results table and the panel
+# ------------------------------------------------------------------------------------------
+
+def repeated_ngrams(seq: Sequence[int], n: int) -> np.ndarray:
+  """``out[i] = 1`` if the n-gram ending at position i also ends at some earlier position
+  (positions i < n - 1 have no full n-gram: 0)."""
+  seen, out = set(), np.zeros(len(seq), np.int64)
+  for i in range(n - 1, len(seq)):
+    g = tuple(seq[i - n + 1:i + 1])
+    out[i] = g in seen
+    seen.add(g)
+  return out
+
+
+def loop_period(seq: Sequence[int]):
+  """The cycle the sequence ends in: ``(p, tail_len)`` where the last ``tail_len`` tokens have
+  period ``p`` (``seq[i] == seq[i - p]`` throughout) and span at least two full cycles; among
+  such periods the one covering the longest tail (then the shortest p). ``(0, 0)`` if none."""
+  seq, best = list(seq), (0, 0)
+  for p in range(1, len(seq) // 2 + 1):
+    run = 0
+    while run < len(seq) - p and seq[-1 - run] == seq[-1 - run - p]:
+      run += 1
+    if run >= p and run + p > best[1]:
+      best = (p, run + p)
+  return best
+
+
+def build_frame(prompt_ids: Sequence[int], ids: Sequence[int], token_text: Callable[[int], str],
+                p_greedy: Optional[Sequence[float]] = None, ngram: int = 4):
+  """The long-format table of one generation: one row per token, prompt included.
+
+  Columns: ``ngram`` (the n of the n-grams), ``step`` (generated tokens 1..steps; the prompt's
+  tokens 1 - len(prompt)..0), ``part`` (prompt / generated), ``token_id``, ``token_text`` (a
+  JSON string literal, so newlines, commas and texts such as "NA" survive a CSV), ``seen`` (the
+  token occurred earlier in the text), ``repeated`` (the ``ngram``-gram ending here occurred
+  earlier), ``repeated_fraction`` (running mean of ``repeated`` over the generated tokens; empty
+  for the prompt), ``p_greedy`` (the model's probability of the generated token; empty for the
+  prompt).
+  """
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  prompt_ids, ids = [int(i) for i in prompt_ids], [int(i) for i in ids]
+  seq = prompt_ids + ids
+  P = len(prompt_ids)
+  repeated = repeated_ngrams(seq, ngram)
+  seen, earlier = np.zeros(len(seq), np.int64), set()
+  for i, token in enumerate(seq):
+    seen[i] = token in earlier
+    earlier.add(token)
+  frac = np.full(len(seq), np.nan)
+  frac[P:] = np.cumsum(repeated[P:]) / np.arange(1, len(ids) + 1)
+  p = np.full(len(seq), np.nan)
+  if p_greedy is not None:
+    p[P:] = np.asarray(p_greedy, np.float64)
+  return pd.DataFrame({
+      'ngram': ngram, 'step': np.arange(1 - P, len(ids) + 1),
+      'part': ['prompt'] * P + ['generated'] * len(ids),
+      'token_id': seq, 'token_text': [json.dumps(token_text(i), ensure_ascii=False) for i in seq],
+      'seen': seen, 'repeated': repeated, 'repeated_fraction': frac, 'p_greedy': p})
+
+
+def generation_frame(model: GPT2, prompt_ids: Sequence[int], steps: int, ngram: int = 4):
+  """Greedy-decode ``steps`` tokens and return :func:`build_frame`'s table (the CSV rows)."""
+  ids, p = greedy_decode(model, prompt_ids, steps)
+  return build_frame(prompt_ids, ids, model.token_text, p, ngram)
+
+
+def validate_flags(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
+                   ngram: int = 4) -> list:
+  """All flag checks of the panel, before any work (reads config.json, the safetensors header
+  and the tokenizer, not the weights): one-line GPT2Error / FlagError naming the flag.
+
+  Returns:
+    the prompt's token ids.
+  """
+  common.check_int(STEPS_FLAG, steps, 1)
+  common.check_int('gpt2_ngram', ngram, 1)
+  check_model_dir(model_dir)
+  ids = prompt_token_ids(model_dir, prompt, prompt_ids)
+  check_model_dir(model_dir, max_tokens=len(ids) + int(steps))
+  return ids
+
+
+def read_frame(path):
+  """The panel's CSV, checked (io.ResultsError, one line, if unusable)."""
+  from ccmc_jax import io  # pylint: disable=import-outside-toplevel
+  frame = io.read_csv(path, required=FRAME_COLUMNS,
+                      numeric=['ngram', 'step', 'token_id', 'seen', 'repeated',
+                               'repeated_fraction', 'p_greedy'])
+  if not (frame['part'] == 'generated').any():
+    raise io.ResultsError(f'{path} has no generated tokens')
+  return frame
+
+
+def _display(text: str, width: int) -> str:
+  """A token's text for a grid cell: newline and tab as arrows, other control characters
+  escaped (\\x06), surrounding spaces dropped, long texts cut."""
+  text = text.replace('\n', '\u21b5').replace('\t', '\u21e5')
+  text = ''.join(c if c.isprintable() else c.encode('unicode_escape').decode('ascii')
+                 for c in text)
+  if text.strip(' '):
+    text = text.strip(' ')
+  else:
+    text = '\u2423' * min(len(text), 3)  # a token of spaces only
+  return text if len(text) <= width else text[:width - 1] + '\u2026'
+
+
+def _texts(frame):
+  out = []
+  for v in frame['token_text']:
+    try:
+      out.append(json.loads(v) if isinstance(v, str) else '')
+    except json.JSONDecodeError:
+      out.append(str(v))
+  return out
+
+
+COLORS = {'prompt': '#d9d9d9', 'new': '#c6dbef', 'repeated': '#fcae91'}
+
+
+def repetition_panel(ax, frame, columns: int = 10, max_rows: int = 24, chars: int = 8,
+                     fontsize: float = 6.5):
+  """Paper Fig. 5 (left): the greedy generation as a token grid read left to right, top to
+  bottom; prompt tokens grey, generated tokens red where the n-gram ending there already
+  occurred earlier in the text (repetition), blue otherwise. Uses only the table's columns
+  (step, part, token_text, repeated, token_id; ngram if present), i.e. a CSV read back with
+  ``io.read_csv``. With more than ``max_rows`` rows the first ``max_rows - 1`` rows and the last
+  row are shown.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  frame = frame.sort_values('step', kind='stable').reset_index(drop=True)
+  texts = _texts(frame)
+  gen = (frame['part'] == 'generated').to_numpy()
+  rep = frame['repeated'].to_numpy().astype(int) == 1
+  code = np.where(~gen, 0, np.where(rep, 2, 1))
+  n_rows = -(-len(frame) // columns)
+  rows = list(range(n_rows))
+  if n_rows > max_rows:
+    rows = rows[:max_rows - 1] + [n_rows - 1]
+  grid = np.full((len(rows), columns), -1)
+  for r, row in enumerate(rows):
+    chunk = code[row * columns:(row + 1) * columns]
+    grid[r, :len(chunk)] = chunk
+  cmap = matplotlib.colors.ListedColormap(
+      ['white', COLORS['prompt'], COLORS['new'], COLORS['repeated']])
+  ax.imshow(grid, cmap=cmap, vmin=-1.5, vmax=2.5, aspect='auto', interpolation='nearest')
+  for r, row in enumerate(rows):
+    for c in range(columns):
+      i = row * columns + c
+      if i < len(frame):
+        ax.text(c, r, _display(texts[i], chars), ha='center', va='center', fontsize=fontsize,
+                parse_math=False)
+  ax.set_xticks(np.arange(columns + 1) - 0.5, minor=True)
+  ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
+  ax.grid(which='minor', color='white', linewidth=1.0)
+  ax.tick_params(which='minor', length=0)
+  first_step = frame['step'].to_numpy()
+  ax.set_yticks(range(len(rows)))
+  ax.set_yticklabels([str(int(first_step[row * columns])) for row in rows], fontsize=7)
+  ax.set_xticks([])
+  ax.set_ylabel('step of the row\'s first token (prompt <= 0)', fontsize=8)
+  ids = frame['token_id'].to_numpy()[gen]
+  frac = rep[gen].mean() if gen.any() else 0.0
+  period, tail = loop_period(ids.tolist())
+  loop = ''
+  if period and tail >= 8:
+    loop = (f'; the last {tail} tokens repeat one token' if period == 1 else
+            f'; the last {tail} tokens repeat a {period}-token cycle')
+  label = f'{int(frame["ngram"].iloc[0])}-gram' if 'ngram' in frame else 'n-gram'
+  title = (f'GPT-2 greedy decoding: {frac:.0%} of the {gen.sum()} generated tokens end a '
+           f'{label} seen before{loop}')
+  ax.set_title('\n'.join(textwrap.wrap(title, 70)), fontsize=9)
+  handles = [matplotlib.patches.Patch(color=COLORS[k], label=v) for k, v in
+             (('prompt', 'prompt'), ('new', 'new n-gram'), ('repeated', 'repeated n-gram'))]
+  ax.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, -0.01), ncol=3,
+            fontsize=7, frameon=False)
+  return ax
+
+
+def repetition_curve(ax, frame):
+  """Companion panel: running fraction of repeated n-grams and the greedy token's probability
+  against the generation step (both rise as decoding locks into a loop)."""
+  g = frame[frame['part'] == 'generated'].sort_values('step')
+  ax.plot(g['step'], g['repeated_fraction'], color='tab:red', label='fraction of repeated n-grams')
+  if g['p_greedy'].notna().any():
+    ax.plot(g['step'], g['p_greedy'], color='tab:blue', lw=0.8, alpha=0.8,
+            label='p(greedy token)')
+  ax.set(ylim=(0, 1.02), xlabel='generation step', ylabel='fraction / probability')
+  ax.legend(fontsize=8)
+  return ax
