@@ -30,8 +30,8 @@ experiments=(
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do
   extra=()
-  # The paper-fidelity sample-complexity run adds the prompt-length sweep (issue: Fig. 6).
-  if [ "$name" = sample_complexity ] && [ "$quick" = 0 ]; then extra+=(--L_sweep=2,5,20); fi
+  # The paper-fidelity sample-complexity run adds the prompt-length sweep (K = 10, L = 5, 10, 20).
+  if [ "$name" = sample_complexity ] && [ "$quick" = 0 ]; then extra+=(--L_sweep=5,20); fi
   start=$(date +%s)
   echo "== $name" >&2
   python -m "experiments.$name" "${args[@]}" "${extra[@]}"
