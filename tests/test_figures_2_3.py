@@ -2,24 +2,18 @@
 reference, and the two experiments as a user runs them (quick smoke runs and bad inputs)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_module
+
 from ccmc_jax import identifiability
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(module, *args, tmp):
-  """Run ``python -m module`` with results and figures under ``tmp``."""
-  cmd = [sys.executable, '-m', module, f'--results_dir={tmp}/results',
-         f'--figures_dir={tmp}/figures', *args]
-  return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                        capture_output=True, text=True, timeout=300)
+run = run_module
 
 
 def difference_matrix(X, k, K, cross):
@@ -188,22 +182,3 @@ def test_self_vs_cross_quick(tmp_path):
   assert set(graph['kind']) == {'prompt', 'node', 'edge'}
   for ext in ('png', 'pdf'):
     assert (tmp_path / 'figures' / f'self_vs_cross.{ext}').stat().st_size > 0
-
-
-BAD_INPUTS = [
-    ('experiments.self_vs_cross', ['--K=1'], '--K'),
-    ('experiments.self_vs_cross', ['--n=0'], '--n'),
-    ('experiments.self_vs_cross', ['--trials=0'], '--trials'),
-    ('experiments.self_vs_cross', ['--graph_prompts=1 x 0'], '--graph_prompts'),
-    ('experiments.attention_equivalence', ['--attention=self,bogus'], '--attention'),
-]
-
-
-@pytest.mark.parametrize('module,args,flag', BAD_INPUTS,
-                         ids=[f'{m.split(".")[1]}{a}' for m, a, _ in BAD_INPUTS])
-def test_bad_flag_one_line_error_no_file(tmp_path, module, args, flag):
-  r = run(module, *args, tmp=tmp_path)
-  assert r.returncode == 2, r.stderr
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f'error: {flag}'), r.stderr
-  assert not os.path.exists(tmp_path / 'results') or not os.listdir(tmp_path / 'results')

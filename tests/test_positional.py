@@ -1,17 +1,16 @@
 """Positional encoding (paper Definition 2.4 / Lemma 2.5): the position-weighted CCMC against a
 literal NumPy attention loop, its gauge, the joint MLE, and the experiment's command line."""
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from conftest import run_module
+
 from ccmc_jax import fit, model, positional, sampling
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def attention_loop(W, E, C, pos, X, cross):
@@ -150,10 +149,7 @@ def test_fit_recovers_P_and_normalised_w_and_n_is_a_prefix():
 
 
 def run(*args, tmp):
-  cmd = [sys.executable, '-m', 'experiments.positional_encoding', f'--results_dir={tmp}/results',
-         f'--figures_dir={tmp}/figures', *args]
-  return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                        capture_output=True, text=True, timeout=300)
+  return run_module('experiments.positional_encoding', *args, tmp=tmp)
 
 
 def test_quick_smoke(tmp_path):
@@ -174,12 +170,3 @@ def test_quick_smoke(tmp_path):
   assert eq['max_abs_diff'].max() <= 1e-5
   for ext in ('png', 'pdf'):
     assert os.path.getsize(tmp_path / 'figures' / f'positional_encoding.{ext}') > 1000
-
-
-def test_bad_flags_one_line_error_no_file(tmp_path):
-  for args, flag in ((['--L=2'], '--L'), (['--n=100,0'], '--n')):
-    r = run(*args, tmp=tmp_path)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'error: {flag}'), r.stderr
-    assert not os.path.exists(tmp_path / 'results' / 'positional_encoding.csv')

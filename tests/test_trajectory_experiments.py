@@ -5,20 +5,15 @@ The experiment modules define absl flags at import, so everything that imports t
 subprocess (importing them here could clash with another test file's flags)."""
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_module
 
 
-def run(module, *args, tmp):
-  cmd = [sys.executable, '-m', module, f'--results_dir={tmp}/results',
-         f'--figures_dir={tmp}/figures', *args]
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+run = run_module
 
 
 def test_trajectory_learning_quick(tmp_path):
@@ -63,21 +58,6 @@ def test_collapse_statistics_quick(tmp_path):
   assert s['zero_diag_exact_bound_respected'] and s['zero_diag_max_final_freq'] <= bound.max()
   for ext in ('png', 'pdf'):
     assert (tmp_path / 'figures' / f'collapse_statistics.{ext}').stat().st_size > 0
-
-
-@pytest.mark.parametrize('module, arg', [
-    ('experiments.trajectory_learning', '--T=0'),
-    ('experiments.trajectory_learning', '--K=1'),
-    ('experiments.collapse_statistics', '--variants=random,banana'),
-    ('experiments.collapse_statistics', '--L0=1'),
-])
-def test_bad_input_one_line_error_no_csv(tmp_path, module, arg):
-  r = run(module, arg, tmp=tmp_path)
-  flag = arg.split('=')[0]
-  assert r.returncode != 0
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f'error: {flag}'), r.stderr
-  assert not (tmp_path / 'results').exists() or not os.listdir(tmp_path / 'results')
 
 
 def test_collapse_summary_and_padded_prompt():
