@@ -84,7 +84,9 @@ def _uniforms(key, n, width):
   """(n, width) uniforms; block b of BLOCK rows comes from fold_in(key, b) (prefix-stable)."""
   blocks = -(-n // BLOCK)
   keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(blocks))
-  u = jax.vmap(lambda k: jax.random.uniform(k, (BLOCK, width)))(keys)
+  # lax.map, not vmap: the same numbers, but threefry is compiled once for one block (vmapped
+  # threefry compiles ~2x slower on CPU and runs no faster).
+  u = jax.lax.map(lambda k: jax.random.uniform(k, (BLOCK, width)), keys)
   return u.reshape(blocks * BLOCK, width)[:n]
 
 

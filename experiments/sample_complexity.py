@@ -31,7 +31,7 @@ _CROSS = flags.DEFINE_bool('cross', False, 'Cross-attention: the query is not a 
 _PROMPTS = flags.DEFINE_string('prompts', 'uniform', 'Prompt distribution: uniform, two_group.')
 _L_SWEEP = flags.DEFINE_list('L_sweep', [], 'Extra prompt lengths run at K = --K_for_L only.')
 _K_FOR_L = flags.DEFINE_integer('K_for_L', 10, 'Vocabulary size of the --L_sweep settings.')
-_MC = flags.DEFINE_integer('mc_samples', 100000,
+_MC = flags.DEFINE_integer('mc_samples', 50000,
                            'Monte-Carlo prompts per trial for the Fisher information; >= 1000.')
 
 KEYS = ['K', 'L', 'n', 'trial']
@@ -96,7 +96,10 @@ def _compiled(K, L, n_max, mc_samples, scale, cross, prompts):
     mc = sampling.sample_dataset(mc_key, A, mc_samples, L, prompt_fn, cross)
     return A, data, mc
 
-  return jax.jit(lambda keys: jax.lax.map(make_trial, keys))
+  def sample_trials(keys):
+    return jax.lax.map(make_trial, keys)
+
+  return jax.jit(sample_trials)
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,7 +107,10 @@ def _group(K, capacity):
   """jit(vmap over trials) of sorting each trial's samples by query, once for every n."""
   import jax  # pylint: disable=import-outside-toplevel
   from ccmc_jax import fit  # pylint: disable=import-outside-toplevel
-  return jax.jit(jax.vmap(lambda data: fit.group_by_query(data, K, capacity)))
+  def group_trials(data):
+    return fit.group_by_query(data, K, capacity)
+
+  return jax.jit(jax.vmap(group_trials))
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,14 +125,20 @@ def _fit_cell(ridge):
 
   trials = jax.vmap(cell, in_axes=(0, 0, None, None))
   # One chunk-loop trip count for every trial: the bound is taken over the whole batch.
-  return jax.jit(lambda grouped, A, n: trials(grouped, A, n, fit.used_slots(grouped, n)))
+  def fit_cell(grouped, A, n):
+    return trials(grouped, A, n, fit.used_slots(grouped, n))
+
+  return jax.jit(fit_cell)
 
 
 @functools.lru_cache(maxsize=None)
 def _theory(K, capacity):
   import jax  # pylint: disable=import-outside-toplevel
   from ccmc_jax import theory  # pylint: disable=import-outside-toplevel
-  return jax.jit(jax.vmap(lambda A, mc: theory.predicted_error(A, mc, K, capacity, 1.0)))
+  def theory_trials(A, mc):
+    return theory.predicted_error(A, mc, K, capacity, 1.0)
+
+  return jax.jit(jax.vmap(theory_trials))
 
 
 def trial_keys(seed, K, L, trials):
