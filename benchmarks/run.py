@@ -140,7 +140,9 @@ def main(_):
   common.check_int('ref_trials', _REF_TRIALS.value, 1, flags.FLAGS.trials)
   common.check_float('atol', _ATOL.value, 0, lo_open=True)
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
-  # No persistent compilation cache here: compile_seconds is a true (cold) XLA compilation.
+  # The experiments' XLA options, but no persistent compilation cache: compile_seconds is a
+  # true (cold) XLA compilation.
+  common.setup_jax(use_cache=False)
   L, ns = int(flags.FLAGS.L[0]), sorted(int(n) for n in flags.FLAGS.n)
   trials, start = flags.FLAGS.trials, time.time()
   rows = []

@@ -88,7 +88,7 @@ def environment():
       'python': sys.version.split()[0], 'jax': jax.__version__, 'optax': optax.__version__,
       'numpy': np.__version__, 'pandas': pd.__version__, 'backend': jax.default_backend(),
       'devices': [str(d) for d in jax.devices()], 'platform': platform.platform(),
-      'git_commit': git_commit(),
+      'git_commit': git_commit(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
 
 

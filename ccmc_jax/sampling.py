@@ -103,6 +103,11 @@ def categorical_from_uniform(u, log_probs):
   return jnp.minimum((cdf <= u[..., None]).sum(-1), K - 1).astype(jnp.int32)
 
 
+def _next_tokens(u, log_P, X, counts):
+  """Inverse-CDF next tokens from uniforms ``u`` (n,) given prompts and their counts."""
+  return categorical_from_uniform(u, model.ccmc_log_probs(log_P[X[:, -1]], counts))
+
+
 def sample_next_tokens(key, log_P, X, cross=False):
   """Next tokens ``y_t ~ pi^{X_t}`` for prompts ``X`` (n, L).
 
@@ -116,8 +121,22 @@ def sample_next_tokens(key, log_P, X, cross=False):
   References: paper Lemma 2.2; Fig. 4 (single outputs of many IID prompts).
   """
   counts = model.token_counts(X, log_P.shape[-1], cross)
-  log_pi = model.ccmc_log_probs(log_P[X[:, -1]], counts)
-  return categorical_from_uniform(_uniforms(key, X.shape[0], 1)[:, 0], log_pi)
+  return _next_tokens(_uniforms(key, X.shape[0], 1)[:, 0], log_P, X, counts)
+
+
+def dataset_uniforms(key, n, L):
+  """The randomness of :func:`sample_dataset`: uniforms for ``n`` prompts (n, L + 1) and
+  answers (n,). They do not depend on ``K`` or ``A``, so one compiled generator serves every
+  vocabulary size of a sweep."""
+  x_key, y_key = jax.random.split(key)
+  return _uniforms(x_key, n, L + 1), _uniforms(y_key, n, 1)[:, 0]
+
+
+def dataset_from_uniforms(A, u_x, u_y, prompt_fn, cross=False):
+  """:func:`sample_dataset` from the uniforms of :func:`dataset_uniforms` (same numbers)."""
+  X = prompt_fn(u_x)
+  counts = model.token_counts(X, A.shape[-1], cross)
+  return Dataset(X[:, -1], counts, _next_tokens(u_y, A, X, counts))
 
 
 def sample_dataset(key, A, n, L, prompt_fn, cross=False):
@@ -134,7 +153,4 @@ def sample_dataset(key, A, n, L, prompt_fn, cross=False):
     Dataset with ``n`` rows.
   References: paper Sec. 3 (learning from IID prompts).
   """
-  x_key, y_key = jax.random.split(key)
-  X = sample_prompts(x_key, n, L, prompt_fn)
-  y = sample_next_tokens(y_key, A, X, cross)
-  return Dataset(X[:, -1], model.token_counts(X, A.shape[-1], cross), y)
+  return dataset_from_uniforms(A, *dataset_uniforms(key, n, L), prompt_fn, cross)

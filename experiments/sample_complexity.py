@@ -79,27 +79,51 @@ def validate():
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(K, L, n_max, mc_samples, scale, cross, prompts):
-  """jit(lax.map over trials) of the data generation of one (K, L) setting.
+@functools.lru_cache(maxsize=None)
+def _uniform_stage(L, n_max, mc_samples):
+  """jit(lax.map over trials) of every trial's randomness: its weight key and the uniforms of
+  its data and Monte-Carlo sets. Independent of K: one compilation serves the whole K sweep.
 
-  lax.map, not vmap: each trial's sampling is already vectorised over samples, and vmapping
-  threefry over a batch of keys makes XLA compile ~5x longer on CPU for no run-time gain.
+  lax.map, not vmap: each trial is already vectorised over samples, and vmapping threefry over
+  a batch of keys makes XLA compile ~5x longer on CPU for no run-time gain.
   """
+  import jax  # pylint: disable=import-outside-toplevel
+  from ccmc_jax import sampling  # pylint: disable=import-outside-toplevel
+
+  def uniform_trials(keys):
+    def one(key):
+      w_key, data_key, mc_key = jax.random.split(key, 3)
+      return (w_key, sampling.dataset_uniforms(data_key, n_max, L),
+              sampling.dataset_uniforms(mc_key, mc_samples, L))
+    return jax.lax.map(one, keys)
+
+  return jax.jit(uniform_trials)
+
+
+@functools.lru_cache(maxsize=None)
+def _dataset_stage(K, L, scale, cross, prompts):
+  """jit(lax.map over trials) of ``A*``, data and Monte-Carlo sets from the uniforms."""
   import jax  # pylint: disable=import-outside-toplevel
   from ccmc_jax import sampling  # pylint: disable=import-outside-toplevel
   prompt_fn = sampling.PROMPTS[prompts](K, L)
 
-  def make_trial(key):
-    w_key, data_key, mc_key = jax.random.split(key, 3)
-    A = sampling.sample_scores(w_key, K, scale)
-    data = sampling.sample_dataset(data_key, A, n_max, L, prompt_fn, cross)
-    mc = sampling.sample_dataset(mc_key, A, mc_samples, L, prompt_fn, cross)
-    return A, data, mc
-
-  def sample_trials(keys):
-    return jax.lax.map(make_trial, keys)
+  def sample_trials(uniforms):
+    def one(u):
+      w_key, data_u, mc_u = u
+      A = sampling.sample_scores(w_key, K, scale)
+      return (A, sampling.dataset_from_uniforms(A, *data_u, prompt_fn, cross),
+              sampling.dataset_from_uniforms(A, *mc_u, prompt_fn, cross))
+    return jax.lax.map(one, uniforms)
 
   return jax.jit(sample_trials)
+
+
+def _compiled(K, L, n_max, mc_samples, scale, cross, prompts):
+  """Data generation of one (K, L) setting: keys (trials, 2) -> (A*, data, mc), stacked over
+  trials; the same numbers as ``sampling.sample_dataset`` per trial."""
+  uniforms = _uniform_stage(L, n_max, mc_samples)
+  datasets = _dataset_stage(K, L, scale, cross, prompts)
+  return lambda keys: datasets(uniforms(keys))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,9 +19,11 @@ def compilations(stderr):
 
 
 @pytest.mark.parametrize('module, args, expected', [
-    # 2 values of K, 3 of n, 4 trials: one compilation per K of each stage, none per n or trial.
+    # 2 values of K, 3 of n, 4 trials: one compilation per K of each stage, none per n or trial;
+    # the uniforms do not depend on K: one compilation for the whole sweep.
     ('experiments.sample_complexity', ['--quick'],
-     {'sample_trials': 2, 'group_trials': 2, 'theory_trials': 2, 'fit_cell': 2}),
+     {'uniform_trials': 1, 'sample_trials': 2, 'group_trials': 2, 'theory_trials': 2,
+      'fit_cell': 2}),
     # 2 variants x (the traced trajectory, the 10-seed sweep): 4, none per seed.
     ('experiments.collapse', ['--T=300', '--seeds=10'], {'run': 4}),
 ])
