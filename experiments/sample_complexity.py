@@ -181,22 +181,35 @@ def run_experiment(results):
   trials, start = _TRIALS.value, time.time()
   cells = [(K, L, n) for K, L in settings() for n in ns]
   done = 0
+  todo = {(K, L): [n for n in ns if not results.done({'K': K, 'L': L, 'n': n})]
+          for K, L in settings()}
+  pending = [(K, L) for K, L in settings() if todo[K, L]]
+
+  def generate(K, L):
+    """Dispatch (asynchronously) the data generation of one setting."""
+    gen = _compiled(K, L, max(ns), _MC.value, _SCALE.value, _CROSS.value, _PROMPTS.value)
+    return gen(trial_keys(flags.FLAGS.seed, K, L, trials))
+
+  # One setting of look-ahead: the next setting's data are generated (JAX dispatch is
+  # asynchronous) while this one's stages are traced, compiled and fitted.
+  upcoming = generate(*pending[0]) if pending else None
   for K, L in settings():
-    todo = [n for n in ns if not results.done({'K': K, 'L': L, 'n': n})]
-    if not todo:
+    if not todo[K, L]:
       done += len(ns)
       continue
-    gen = _compiled(K, L, max(ns), _MC.value, _SCALE.value, _CROSS.value, _PROMPTS.value)
-    A, data, mc = gen(trial_keys(flags.FLAGS.seed, K, L, trials))
+    A, data, mc = upcoming
+    pending.pop(0)
+    upcoming = generate(*pending[0]) if pending else None
     capacity = fit.round_capacity(fit.row_capacity(data.query, K), 1024)
     mc_capacity = fit.round_capacity(fit.row_capacity(mc.query, K), 1024)
-    unit_error = np.asarray(_theory(K, mc_capacity)(A, mc))  # predicted error at n = 1
+    unit_error = _theory(K, mc_capacity)(A, mc)  # predicted error at n = 1
     grouped, dropped = _group(K, capacity)(data)
-    assert not np.asarray(dropped).any(), 'row capacity too small'  # by construction
     del data, mc
+    assert not np.asarray(dropped).any(), 'row capacity too small'  # by construction
+    unit_error = np.asarray(unit_error)
     for n in ns:
       done += 1
-      if n not in todo:
+      if n not in todo[K, L]:
         continue
       err, err_w, iters = map(np.asarray, _fit_cell(_RIDGE.value)(grouped, A, n))
       results.add(pd.DataFrame({

@@ -127,6 +127,15 @@ def test_nll_matches_numpy():
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('N, K', [(1000, 7), (5000, 1000)])  # counting sort; XLA sort
+def test_stable_order_is_a_stable_argsort(N, K):
+  q = np.random.default_rng(N).integers(0, K, N).astype(np.int32)
+  sizes = np.bincount(q, minlength=K)
+  starts = jnp.asarray(np.cumsum(sizes) - sizes)
+  order = jax.jit(fit.stable_order, static_argnums=1)(jnp.asarray(q), K, starts)
+  np.testing.assert_array_equal(order, np.argsort(q, kind='stable'))
+
+
 def test_traced_n_equals_truncated_data():
   """fit on the first n of N samples (masked, padded) == fit on the n samples alone."""
   K = 5
