@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 
 from absl import flags
@@ -260,16 +259,8 @@ def plot(csv_path):
 def main(_):
   if flags.FLAGS.quick:
     apply_quick()
-  csv = os.path.join(flags.FLAGS.results_dir, f'{NAME}.csv')
-  if not flags.FLAGS.plot_only:
-    validate()
-    common.setup_jax()
-    results = common.Results(NAME, KEYS, common.flag_values(FLAG_NAMES), flags.FLAGS.resume)
-    run_experiment(results)
-    wall = results.finish(summary=summary(results.frame))
-    common.progress(f'{NAME}: wrote {results.path} in {wall:.1f} s')
-  paths = plot(csv)
-  common.progress(f'{NAME}: wrote {", ".join(paths)}')
+  common.run_and_plot(NAME, KEYS, FLAG_NAMES, validate, run_experiment, plot,
+                      lambda frame: {'summary': summary(frame)})
 
 
 if __name__ == '__main__':

@@ -167,6 +167,22 @@ def save_figure(fig, name):
   return paths
 
 
+def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary):
+  """The main of an experiment with one results CSV: check the flags, run every setting not
+  yet in the CSV (writing as it goes), record ``summary(frame)`` (a dict) in the sidecar, then
+  draw the figure from the CSV alone; with ``--plot_only`` just the last step."""
+  csv = os.path.join(FLAGS.results_dir, f'{name}.csv')
+  if not FLAGS.plot_only:
+    validate()
+    setup_jax()
+    results = Results(name, keys, flag_values(flag_names), FLAGS.resume)
+    run_experiment(results)
+    wall = results.finish(**summary(results.frame))
+    progress(f'{name}: wrote {results.path} in {wall:.1f} s')
+  paths = plot(csv)
+  progress(f'{name}: wrote {", ".join(paths)}')
+
+
 XLA_OPT_LEVEL = '--xla_backend_optimization_level=1'
 
 

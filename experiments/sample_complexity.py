@@ -288,20 +288,11 @@ def plot(csv_path):
 
 
 def main(_):
-  import os  # pylint: disable=import-outside-toplevel
   if flags.FLAGS.quick:
     apply_quick()
-  csv = os.path.join(flags.FLAGS.results_dir, f'{NAME}.csv')
-  if not flags.FLAGS.plot_only:
-    validate()
-    common.setup_jax()
-    results = common.Results(NAME, KEYS, common.flag_values(FLAG_NAMES), flags.FLAGS.resume)
-    run_experiment(results)
-    wall = results.finish(slopes={f'K={k},L={l}': s for (k, l), s in
-                                  slopes(results.frame).items()})
-    common.progress(f'{NAME}: wrote {results.path} in {wall:.1f} s')
-  paths = plot(csv)
-  common.progress(f'{NAME}: wrote {", ".join(paths)}')
+  common.run_and_plot(
+      NAME, KEYS, FLAG_NAMES, validate, run_experiment, plot,
+      lambda frame: {'slopes': {f'K={k},L={l}': s for (k, l), s in slopes(frame).items()}})
 
 
 if __name__ == '__main__':
