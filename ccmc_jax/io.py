@@ -80,6 +80,18 @@ def git_commit():
     return 'unknown'
 
 
+def check_memory(flag, value, bytes_needed, error=ValueError, fraction=0.7):
+  """Raise ``error`` (one line naming ``--flag``) when an estimated working set exceeds
+  ``fraction`` of this machine's physical memory; checked before allocating anything."""
+  try:
+    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return
+  if bytes_needed > fraction * total:
+    raise error(f'--{flag}={value} needs about {bytes_needed / 2**30:.1f} GiB, more than '
+                f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
+
+
 def environment():
   """Versions and machine facts for the metadata sidecar."""
   import jax  # pylint: disable=import-outside-toplevel

@@ -26,8 +26,8 @@ import time
 from absl import flags
 import numpy as np
 
+from ccmc_jax import gpt2
 from experiments import common
-from experiments import gpt2_panel
 
 flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
 
@@ -46,13 +46,13 @@ _P_FILE = flags.DEFINE_string('P_file', None, 'Optional K x K row-stochastic P (
                               'used for the plotted trajectories instead of a random one.')
 _SNAPSHOTS = flags.DEFINE_integer('window_snapshots', 6, 'Number of 10-token windows drawn.')
 _HF_DIR = flags.DEFINE_string(
-    gpt2_panel.MODEL_FLAG, '', 'Local Hugging Face GPT-2 folder (config.json, model.safetensors, '
+    gpt2.MODEL_FLAG, '', 'Local Hugging Face GPT-2 folder (config.json, model.safetensors, '
     'vocab.json, merges.txt) for the paper Fig. 5 (left) panel; empty: skip it. No download.')
-_GPT2_PROMPT = flags.DEFINE_string(gpt2_panel.PROMPT_FLAG, gpt2_panel.DEFAULT_PROMPT,
+_GPT2_PROMPT = flags.DEFINE_string(gpt2.PROMPT_FLAG, gpt2.DEFAULT_PROMPT,
                                    'Text prompt GPT-2 continues greedily.')
-_GPT2_IDS = flags.DEFINE_list(gpt2_panel.PROMPT_IDS_FLAG, [],
+_GPT2_IDS = flags.DEFINE_list(gpt2.PROMPT_IDS_FLAG, [],
                               'The prompt as token ids instead (for folders without a tokenizer).')
-_GPT2_STEPS = flags.DEFINE_integer(gpt2_panel.STEPS_FLAG, 200, 'Tokens GPT-2 generates, >= 1.')
+_GPT2_STEPS = flags.DEFINE_integer(gpt2.STEPS_FLAG, 200, 'Tokens GPT-2 generates, >= 1.')
 _GPT2_NGRAM = flags.DEFINE_integer('gpt2_ngram', 4,
                                    'A generated token is a repetition when the n-gram ending at '
                                    'it occurred earlier; n >= 1.')
@@ -110,7 +110,7 @@ def validate():
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   gpt2_ids = None
   if _HF_DIR.value:
-    gpt2_ids = gpt2_panel.validate_flags(os.path.expanduser(_HF_DIR.value), _GPT2_PROMPT.value,
+    gpt2_ids = gpt2.validate_flags(os.path.expanduser(_HF_DIR.value), _GPT2_PROMPT.value,
                                          _GPT2_IDS.value, _GPT2_STEPS.value, _GPT2_NGRAM.value)
   return (load_P(_P_FILE.value, _K.value) if _P_FILE.value else None), gpt2_ids
 
@@ -248,10 +248,10 @@ def plot(csv_path, seeds_path):
 
 def run_gpt2(prompt_ids):
   """Paper Fig. 5 (left): greedy GPT-2 decoding from the local folder, one row per token."""
-  model = gpt2_panel.load_gpt2(os.path.expanduser(_HF_DIR.value))
+  model = gpt2.load_gpt2(os.path.expanduser(_HF_DIR.value))
   results = common.Results(GPT2_NAME, ['step'], common.flag_values(GPT2_FLAG_NAMES))
   start = time.time()
-  results.add(gpt2_panel.generation_frame(model, prompt_ids, _GPT2_STEPS.value,
+  results.add(gpt2.generation_frame(model, prompt_ids, _GPT2_STEPS.value,
                                           _GPT2_NGRAM.value))
   results.finish()
   common.progress(f'{NAME}: GPT-2 generated {_GPT2_STEPS.value} tokens; wrote {results.path}',
@@ -263,10 +263,10 @@ def plot_gpt2(csv_path):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  frame = gpt2_panel.read_frame(csv_path)
+  frame = gpt2.read_frame(csv_path)
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={'width_ratios': [1.6, 1]})
-  gpt2_panel.repetition_panel(ax, frame)
-  gpt2_panel.repetition_curve(ax2, frame)
+  gpt2.repetition_panel(ax, frame)
+  gpt2.repetition_curve(ax2, frame)
   fig.suptitle('Paper Fig. 5 (left): a real transformer collapses into repetition')
   fig.tight_layout()
   return common.save_figure(fig, GPT2_NAME)

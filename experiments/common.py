@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ccmc_jax import gpt2
 from ccmc_jax import io
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
@@ -80,13 +81,7 @@ def check_writable_dir(name, path):
 
 def check_memory(name, value, bytes_needed, fraction=0.7):
   """Refuse settings whose estimated working set exceeds ``fraction`` of physical memory."""
-  try:
-    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  except (ValueError, OSError, AttributeError):
-    return
-  if bytes_needed > fraction * total:
-    raise FlagError(f'--{name}={value} needs about {bytes_needed / 2**30:.1f} GiB, more than '
-                    f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
+  io.check_memory(name, value, bytes_needed, FlagError, fraction)
 
 
 def flag_values(names):
@@ -226,7 +221,7 @@ def run(main):
     logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
-    except (FlagError, io.ResultsError) as e:
+    except (FlagError, io.ResultsError, gpt2.GPT2Error) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ccmc_jax import io
-from experiments import gpt2_panel as g2
+from ccmc_jax import gpt2 as g2
 
 N_LAYER, N_HEAD, N_EMBD, N_POS = 2, 2, 16, 64
 # Merges in rank order; each adds the concatenated token to the vocabulary.
@@ -448,7 +448,7 @@ def test_validate_flags_reads_no_weights_and_names_the_flag(tmp_path, folder):
   assert g2.validate_flags(path, '', ['4', '5'], N_POS - 2) == [4, 5]
   with pytest.raises(g2.GPT2Error, match='^--gpt2_steps: prompt \\+ steps = 65'):
     g2.validate_flags(path, '', ['4', '5'], N_POS - 1)
-  with pytest.raises(g2.common.FlagError, match='^--gpt2_steps=0 is invalid'):
+  with pytest.raises(g2.GPT2Error, match='^--gpt2_steps=0 is invalid'):
     g2.validate_flags(path, 'x', [], 0)
   with pytest.raises(g2.GPT2Error, match='^--hf_model_dir=.*no such folder'):
     g2.validate_flags(str(tmp_path / 'missing'), 'x', [], 5)

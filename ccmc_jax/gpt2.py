@@ -1,5 +1,7 @@
 """GPT-2 greedy decoding collapsing into repetition (paper Sec. 4, Fig. 5 left), from LOCAL files.
 
+Used by ``experiments.collapse --hf_model_dir``; the library never downloads anything.
+
 No PyTorch or transformers: a Hugging Face GPT-2 folder is read with numpy (config.json,
 model.safetensors, and optionally vocab.json + merges.txt for the byte-level BPE tokenizer), the
 forward pass runs in JAX, and greedy decoding is one jitted ``lax.scan`` per buffer length. The
@@ -11,8 +13,8 @@ grid coloured by whether the n-gram ending at each token already occurred earlie
   frame = generation_frame(model, ids, steps)                 # -> results/collapse_gpt2.csv
   repetition_panel(ax, read_frame(csv))                       # plots from the CSV only
 
-Errors about the folder are ``GPT2Error`` (a ``common.FlagError``): one line that starts with
-``--hf_model_dir=<folder>``. Weights are only read from ``model.safetensors``; a folder with only
+Errors about the folder and the panel's flags are ``GPT2Error``: one line that starts with the
+flag, e.g. ``--hf_model_dir=<folder>``. Weights are only read from ``model.safetensors``; a folder with only
 ``pytorch_model.bin`` must be converted first (e.g. ``safetensors.torch.save_file`` elsewhere).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from experiments import common
+from ccmc_jax import io
 
 MODEL_FLAG = 'hf_model_dir'        # flag names used in the one-line error messages
 PROMPT_FLAG = 'gpt2_prompt'
@@ -38,8 +40,18 @@ FRAME_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'rep
                  'repeated_fraction', 'p_greedy']
 
 
-class GPT2Error(common.FlagError):
+class GPT2Error(ValueError):
   """A missing, incomplete or malformed GPT-2 folder (a one-line message naming the flag)."""
+
+
+def _check_count(flag, value):
+  """Require an integer >= 1 (a one-line GPT2Error naming the flag otherwise)."""
+  try:
+    ok = int(value) == float(value) and int(value) >= 1
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise GPT2Error(f'--{flag}={value} is invalid: allowed values are an integer >= 1')
 
 
 def _fail(model_dir, msg):
@@ -298,7 +310,7 @@ def check_model_dir(model_dir, max_tokens: Optional[int] = None) -> GPT2Config:
   wanted = _tensor_names(model_dir, config, table)
   n_params = sum(math.prod(shape) for _, shape in wanted.values())
   # float32 on the host and a device copy, plus the decoder's KV cache (small).
-  common.check_memory(MODEL_FLAG, model_dir, 8 * n_params)
+  io.check_memory(MODEL_FLAG, model_dir, 8 * n_params, GPT2Error)
   if max_tokens is not None and max_tokens > config.n_positions:
     raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {max_tokens} tokens exceeds the '
                     f'model\'s n_positions={config.n_positions}')
@@ -485,7 +497,7 @@ def greedy_decode(model: GPT2, prompt_ids: Sequence[int], steps: int):
     raise GPT2Error(f'--{PROMPT_FLAG}: the prompt is empty; give at least one token')
   if prompt.min() < 0 or prompt.max() >= c.vocab_size:
     raise GPT2Error(f'--{PROMPT_IDS_FLAG}: token ids must be in [0, {c.vocab_size - 1}]')
-  common.check_int(STEPS_FLAG, steps, 1)
+  _check_count(STEPS_FLAG, steps)
   S = prompt.size + int(steps)
   if S > c.n_positions:
     raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {S} tokens exceeds the model\'s '
@@ -730,13 +742,13 @@ def generation_frame(model: GPT2, prompt_ids: Sequence[int], steps: int, ngram: 
 def validate_flags(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
                    ngram: int = 4) -> list:
   """All flag checks of the panel, before any work (reads config.json, the safetensors header
-  and the tokenizer, not the weights): one-line GPT2Error / FlagError naming the flag.
+  and the tokenizer, not the weights): one-line GPT2Error naming the flag.
 
   Returns:
     the prompt's token ids.
   """
-  common.check_int(STEPS_FLAG, steps, 1)
-  common.check_int('gpt2_ngram', ngram, 1)
+  _check_count(STEPS_FLAG, steps)
+  _check_count('gpt2_ngram', ngram)
   check_model_dir(model_dir)
   ids = prompt_token_ids(model_dir, prompt, prompt_ids)
   check_model_dir(model_dir, max_tokens=len(ids) + int(steps))
@@ -745,7 +757,6 @@ def validate_flags(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
 
 def read_frame(path):
   """The panel's CSV, checked (io.ResultsError, one line, if unusable)."""
-  from ccmc_jax import io  # pylint: disable=import-outside-toplevel
   frame = io.read_csv(path, required=FRAME_COLUMNS,
                       numeric=['ngram', 'step', 'token_id', 'seen', 'repeated',
                                'repeated_fraction', 'p_greedy'])
