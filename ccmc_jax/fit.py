@@ -194,40 +194,60 @@ def _moment_init(log_m, w, b, slots=None):
   return a - a.mean()
 
 
-def _newton_row(log_m, w, b, ridge, tol, max_iter, slots=None):
-  """Damped Newton on one row; returns (a_hat, iterations).
+def damped_newton(stats, direction, x0, n, tol, max_iter, require_descent=False):
+  """Damped Newton with backtracking spread over iterations; returns (x_hat, iterations).
 
-  Each iteration makes exactly one pass over the row's samples: it evaluates loss, gradient
-  and Hessian at the trial point ``a + t d``; the point is accepted when it passes the Armijo
+  Each iteration makes exactly one pass over the data: it evaluates ``stats(x + t d)`` =
+  (loss, gradient, Hessian) at the trial point; the point is accepted when it passes the Armijo
   test or is in the quadratic phase (then ``t`` doubles, up to 1), otherwise rejected and ``t``
-  halves. This is backtracking
-  spread over iterations, so rows batched under vmap never wait on each other's line searches.
-  """
-  K = log_m.shape[-1]
-  ones = jnp.ones((K, K), jnp.float32) / K
-  n = 1.0 / jnp.maximum(w.max(), 1e-30)
+  halves. So problems batched under vmap never wait on each other's line searches.
 
+  Args:
+    stats: x -> (loss, gradient, Hessian), losses as means over the ``n`` samples.
+    direction: (gradient, Hessian) -> (Newton direction d, decrement -g^T d).
+    x0: starting point.
+    n: number of samples (the loss is a mean): the decrement in nats is ``n g^T H^-1 g``.
+    tol: stop when ``n`` x decrement (about twice the log-likelihood gap, in nats) < tol.
+    max_iter: iterations at most.
+    require_descent: also reject steps whose decrement is not positive.
+  """
   def step(state):
-    a, (f0, g, H), t, it, _ = state
-    # H annihilates the all-ones (gauge) direction; adding 11^T/K makes it invertible without
-    # changing the solution on the complement, where g lives.
-    d = -jnp.linalg.solve(H + ones, g)
-    decrement = -g @ d
-    trial = _row_stats(a + t * d, log_m, w, b, ridge, slots)
+    x, (f0, g, H), t, it, _ = state
+    d, decrement = direction(g, H)
+    trial = stats(x + t * d)
     # Armijo test; near the optimum (total decrement below one nat, the quadratic phase) the
     # full Newton step is taken as is: there the float32 loss cannot resolve the decrease.
-    ok = ((trial[0] <= f0 - 1e-4 * t * decrement) | (n * decrement < 1.0)) & (decrement > 0)
-    a = jnp.where(ok, a + t * d, a)
-    stats = jax.tree.map(lambda x, y: jnp.where(ok, x, y), trial, (f0, g, H))
+    ok = (trial[0] <= f0 - 1e-4 * t * decrement) | (n * decrement < 1.0)
+    if require_descent:
+      ok = ok & (decrement > 0)
+    x = jnp.where(ok, x + t * d, x)
+    kept = jax.tree.map(lambda u, v: jnp.where(ok, u, v), trial, (f0, g, H))
     done = (n * decrement < tol) | (t < 1e-4)
-    return a, stats, jnp.where(ok, jnp.minimum(2 * t, 1.0), 0.5 * t), it + 1, done
+    return x, kept, jnp.where(ok, jnp.minimum(2 * t, 1.0), 0.5 * t), it + 1, done
 
   def cond(state):
     return (~state[4]) & (state[3] < max_iter)
 
-  a0 = _moment_init(log_m, w, b, slots)
-  init = (a0, _row_stats(a0, log_m, w, b, ridge, slots), jnp.float32(1.0), jnp.int32(0), False)
-  a, _, _, it, _ = jax.lax.while_loop(cond, step, init)
+  init = (x0, stats(x0), jnp.float32(1.0), jnp.int32(0), False)
+  x, _, _, it, _ = jax.lax.while_loop(cond, step, init)
+  return x, it
+
+
+def _newton_row(log_m, w, b, ridge, tol, max_iter, slots=None):
+  """Damped Newton (:func:`damped_newton`) on one row; returns (a_hat, iterations)."""
+  K = log_m.shape[-1]
+  ones = jnp.ones((K, K), jnp.float32) / K
+  n = 1.0 / jnp.maximum(w.max(), 1e-30)
+
+  def direction(g, H):
+    # H annihilates the all-ones (gauge) direction; adding 11^T/K makes it invertible without
+    # changing the solution on the complement, where g lives.
+    d = -jnp.linalg.solve(H + ones, g)
+    return d, -g @ d
+
+  a, it = damped_newton(lambda a: _row_stats(a, log_m, w, b, ridge, slots), direction,
+                        _moment_init(log_m, w, b, slots), n, tol, max_iter,
+                        require_descent=True)
   return a - a.mean(), it
 
 

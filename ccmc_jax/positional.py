@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ccmc_jax import fit
 from ccmc_jax import sampling
 
 BIAS_KINDS = ('random', 'recency')
@@ -265,24 +266,11 @@ def fit_positional(data: PositionalDataset, K, n=None, cross=False, ridge=1e-6, 
   n_chunks = (jnp.minimum(jnp.asarray(n, jnp.int32), N) + chunk - 1) // chunk
   stats = lambda th: _stats(th, keys, query, y, wt, K, ridge, n_chunks, chunk)
 
-  def step(state):
-    theta, (f0, g, H), t, it, _ = state
+  def direction(g, H):
     lam, V = jnp.linalg.eigh(H + G)
     lam = jnp.maximum(jnp.abs(lam), 1e-7 * jnp.abs(lam).max())
     gv = V.T @ g
-    d = -V @ (gv / lam)
-    decrement = jnp.sum(gv * gv / lam)
-    trial = stats(theta + t * d)
-    # Armijo test; in the quadratic phase (decrement below one nat) the full step is taken as
-    # is, because there the float32 loss cannot resolve the decrease.
-    ok = (trial[0] <= f0 - 1e-4 * t * decrement) | (n_eff * decrement < 1.0)
-    theta = jnp.where(ok, theta + t * d, theta)
-    new = jax.tree.map(lambda x, y: jnp.where(ok, x, y), trial, (f0, g, H))
-    done = (n_eff * decrement < tol) | (t < 1e-4)
-    return theta, new, jnp.where(ok, jnp.minimum(2 * t, 1.0), 0.5 * t), it + 1, done
-
-  def cond(state):
-    return (~state[4]) & (state[3] < max_iter)
+    return -V @ (gv / lam), jnp.sum(gv * gv / lam)
 
   if init is None:
     theta0 = jnp.zeros(K * K + Lk, jnp.float32)
@@ -291,8 +279,7 @@ def fit_positional(data: PositionalDataset, K, n=None, cross=False, ridge=1e-6, 
     A0 = A0 - A0.mean(-1, keepdims=True)
     b0 = b0[:Lk] - b0[:Lk].mean()
     theta0 = jnp.concatenate([A0.reshape(-1), b0]).astype(jnp.float32)
-  init = (theta0, stats(theta0), jnp.float32(1.0), jnp.int32(0), False)
-  theta, _, _, it, _ = jax.lax.while_loop(cond, step, init)
+  theta, it = fit.damped_newton(stats, direction, theta0, n_eff, tol, max_iter)
   A = theta[:K * K].reshape(K, K)
   b = theta[K * K:]
   return PositionalFit(A - A.mean(-1, keepdims=True), b - b.mean(), it, invalid)

@@ -26,7 +26,6 @@ W draws) per cell. Outputs:
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 from absl import flags
@@ -309,15 +308,9 @@ def plot(csv_path, points_path, example_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
-  d = flags.FLAGS.results_dir
-  csv, points_csv, example_csv = (os.path.join(d, f'{n}.csv')
-                                  for n in (NAME, POINTS_NAME, EXAMPLE_NAME))
+  csv, points_csv, example_csv = common.csv_paths(NAME, POINTS_NAME, EXAMPLE_NAME)
   if not flags.FLAGS.plot_only:
-    W, X = validate()
-    common.setup_jax()
-    flag_dict = common.flag_values(FLAG_NAMES)
+    (W, X), flag_dict = common.start(validate, FLAG_NAMES)
     example = common.Results(EXAMPLE_NAME, ccmc_example.KEYS, flag_dict, resume=False)
     q = ccmc_example.example_quantities(W, X)
     example.add(ccmc_example.to_frame(q, EXAMPLE_QUANTITIES))
@@ -337,4 +330,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

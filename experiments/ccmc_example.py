@@ -14,7 +14,6 @@ pi^X_j = m_j(X) P[x_L, j] / sum_l m_l(X) P[x_L, l]. Every number on the figure i
 from __future__ import annotations
 
 import math
-import os
 
 from absl import flags
 import numpy as np
@@ -201,7 +200,7 @@ def plot(csv_path):
   annotated_heatmap(axes[1], q['W'], r'attention weights $W$ (scores $A = W^\top$)',
                     cmap='RdBu_r', symmetric=True)
   axes[1].set(xlabel='column', ylabel='row')
-  annotated_heatmap(axes[2], P, rf'base chain $P = $ row-softmax$(W^\top)$, query row boxed',
+  annotated_heatmap(axes[2], P, r'base chain $P = $ row-softmax$(W^\top)$, query row boxed',
                     highlight_row=query)
   axes[2].set(xlabel='next token j', ylabel='current token i')
 
@@ -226,12 +225,11 @@ def plot(csv_path):
 
 
 def main(_):
-  csv = os.path.join(flags.FLAGS.results_dir, f'{NAME}.csv')
+  csv, = common.csv_paths(NAME)
   if not flags.FLAGS.plot_only:
     # --quick and --resume change nothing: the example takes well under a second.
-    W, X = validate()
-    common.setup_jax()
-    results = common.Results(NAME, KEYS, common.flag_values(FLAG_NAMES), resume=False)
+    (W, X), flag_dict = common.start(validate, FLAG_NAMES)
+    results = common.Results(NAME, KEYS, flag_dict, resume=False)
     q = example_quantities(W, X)
     results.add(to_frame(q, CCMC_QUANTITIES))
     wall = results.finish(pi=[round(float(v), 6) for v in q['pi']])

@@ -157,7 +157,6 @@ def run_trajectories(results, P_given):
       continue
     given = np.full((K, K), np.nan, np.float32)
     if P_given is not None:
-      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
       P = np.asarray(P_given, np.float64)
       if variant == 'zero_diag':
         P = P * (1 - np.eye(K))
@@ -273,15 +272,9 @@ def plot_gpt2(csv_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
-  csv = os.path.join(flags.FLAGS.results_dir, f'{NAME}.csv')
-  seeds_csv = os.path.join(flags.FLAGS.results_dir, f'{SEEDS_NAME}.csv')
-  gpt2_csv = os.path.join(flags.FLAGS.results_dir, f'{GPT2_NAME}.csv')
+  csv, seeds_csv, gpt2_csv = common.csv_paths(NAME, SEEDS_NAME, GPT2_NAME)
   if not flags.FLAGS.plot_only:
-    P_given, gpt2_ids = validate()
-    common.setup_jax()
-    flag_dict = common.flag_values(FLAG_NAMES)
+    (P_given, gpt2_ids), flag_dict = common.start(validate, FLAG_NAMES)
     traj = common.Results(NAME, KEYS, flag_dict, flags.FLAGS.resume)
     sweep = common.Results(SEEDS_NAME, SEED_KEYS, flag_dict, flags.FLAGS.resume)
     run_trajectories(traj, P_given)
@@ -301,4 +294,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

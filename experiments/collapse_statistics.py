@@ -257,11 +257,9 @@ def plot(csv_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
   common.run_and_plot(NAME, KEYS, FLAG_NAMES, validate, run_experiment, plot,
                       lambda frame: {'summary': summary(frame)})
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

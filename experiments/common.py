@@ -162,15 +162,31 @@ def save_figure(fig, name):
   return paths
 
 
+def csv_paths(*names):
+  """``results_dir/<name>.csv`` for each name."""
+  return tuple(os.path.join(FLAGS.results_dir, f'{name}.csv') for name in names)
+
+
+def start(validate, flag_names):
+  """The first steps of every run: check every flag (``validate()``, one-line errors before any
+  work), set up JAX, and collect the flag values for the sidecars.
+
+  Returns:
+    (whatever ``validate`` returned, the flag dict).
+  """
+  checked = validate()
+  setup_jax()
+  return checked, flag_values(flag_names)
+
+
 def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary):
   """The main of an experiment with one results CSV: check the flags, run every setting not
   yet in the CSV (writing as it goes), record ``summary(frame)`` (a dict) in the sidecar, then
   draw the figure from the CSV alone; with ``--plot_only`` just the last step."""
-  csv = os.path.join(FLAGS.results_dir, f'{name}.csv')
+  csv, = csv_paths(name)
   if not FLAGS.plot_only:
-    validate()
-    setup_jax()
-    results = Results(name, keys, flag_values(flag_names), FLAGS.resume)
+    _, flag_dict = start(validate, flag_names)
+    results = Results(name, keys, flag_dict, FLAGS.resume)
     run_experiment(results)
     wall = results.finish(**summary(results.frame))
     progress(f'{name}: wrote {results.path} in {wall:.1f} s')
@@ -206,8 +222,11 @@ def _raise_interrupt(signum, frame):
   raise KeyboardInterrupt(f'signal {signum}')
 
 
-def run(main):
+def run(main, quick=None):
   """``absl.app.run`` with one-line errors and a clean exit on Ctrl-C / SIGTERM.
+
+  ``quick()``, when given, applies the script's small settings under ``--quick`` (to the flags
+  the user did not set) before ``main`` runs.
 
   Flag and results errors print ``error: ...`` and exit 2 (no traceback). An interrupt exits
   130; the CSV then holds every setting finished so far (each was written atomically).
@@ -220,6 +239,8 @@ def run(main):
     signal.signal(signal.SIGTERM, _raise_interrupt)
     logging.set_verbosity(logging.WARNING)
     try:
+      if quick is not None and FLAGS.quick:
+        quick()
       main(argv)
     except (FlagError, io.ResultsError, gpt2.GPT2Error) as e:
       print(f'error: {e}', file=sys.stderr)

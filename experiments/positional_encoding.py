@@ -36,7 +36,6 @@ Outputs:
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 from absl import flags
@@ -124,7 +123,7 @@ def validate():
   common.check_int('d_pos', _D_POS.value, 1, 100)
   common.check_float('pos_scale', _POS_SCALE.value, 0, 10, lo_open=True)
   common.check_float('tol', _TOL.value, 0, lo_open=True)
-  n_max, K, L = max(int(v) for v in _N.value), _K.value, _L.value
+  n_max, L = max(int(v) for v in _N.value), _L.value
   # Prompts and answers of all trials, plus the chunked pass (small), float32/int32.
   common.check_memory('n', n_max, 4 * _TRIALS.value * n_max * (L + 2) * 2)
   for Ke, Le, _ in eq_cells():
@@ -435,14 +434,9 @@ def plot(csv_path, weights_path, eq_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
-  d = flags.FLAGS.results_dir
-  csv, weights_csv, eq_csv = (os.path.join(d, f'{n}.csv') for n in (NAME, WEIGHTS_NAME, EQ_NAME))
+  csv, weights_csv, eq_csv = common.csv_paths(NAME, WEIGHTS_NAME, EQ_NAME)
   if not flags.FLAGS.plot_only:
-    validate()
-    common.setup_jax()
-    flag_dict = common.flag_values(FLAG_NAMES)
+    _, flag_dict = common.start(validate, FLAG_NAMES)
     eq = common.Results(EQ_NAME, EQ_KEYS, flag_dict, flags.FLAGS.resume)
     weights = common.Results(WEIGHTS_NAME, WEIGHT_KEYS, flag_dict, flags.FLAGS.resume)
     results = common.Results(NAME, KEYS, flag_dict, flags.FLAGS.resume)
@@ -463,4 +457,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

@@ -30,7 +30,6 @@ Outputs:
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 from absl import flags
@@ -368,14 +367,9 @@ def plot(csv_path, graph_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
-  d = flags.FLAGS.results_dir
-  csv, graph_csv = (os.path.join(d, f'{n}.csv') for n in (NAME, GRAPH_NAME))
+  csv, graph_csv = common.csv_paths(NAME, GRAPH_NAME)
   if not flags.FLAGS.plot_only:
-    prompts = validate()
-    common.setup_jax()
-    flag_dict = common.flag_values(FLAG_NAMES)
+    prompts, flag_dict = common.start(validate, FLAG_NAMES)
     graph = common.Results(GRAPH_NAME, GRAPH_KEYS, flag_dict, resume=False)
     graph.add(graph_frame(prompts, _GRAPH_QUERY.value))
     ident = graph.frame.groupby('attention')['identifiable'].first()
@@ -392,4 +386,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

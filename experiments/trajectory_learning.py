@@ -25,7 +25,6 @@ format), figures/trajectory_learning.{png,pdf}.
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 from absl import flags
@@ -238,14 +237,9 @@ def plot(csv_path, rows_path):
 
 
 def main(_):
-  if flags.FLAGS.quick:
-    apply_quick()
-  csv = os.path.join(flags.FLAGS.results_dir, f'{NAME}.csv')
-  rows_csv = os.path.join(flags.FLAGS.results_dir, f'{ROWS_NAME}.csv')
+  csv, rows_csv = common.csv_paths(NAME, ROWS_NAME)
   if not flags.FLAGS.plot_only:
-    validate()
-    common.setup_jax()
-    flag_dict = common.flag_values(FLAG_NAMES)
+    _, flag_dict = common.start(validate, FLAG_NAMES)
     results = common.Results(NAME, KEYS, flag_dict, flags.FLAGS.resume)
     rows = common.Results(ROWS_NAME, ROW_KEYS, flag_dict, flags.FLAGS.resume)
     run_experiment(results, rows)
@@ -257,4 +251,4 @@ def main(_):
 
 
 if __name__ == '__main__':
-  common.run(main)
+  common.run(main, quick=apply_quick)

@@ -1,7 +1,6 @@
 """Figures 2 and 3: co-occurrence graphs and identifiability (Thm 3.4) against a brute-force rank
 reference, and the two experiments as a user runs them (quick smoke runs and bad inputs)."""
 import json
-import os
 
 import numpy as np
 import pandas as pd

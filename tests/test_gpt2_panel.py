@@ -81,7 +81,7 @@ def random_hf_weights(seed=0, n_layer=N_LAYER, vocab=V, lm_head=False):
                         ('mlp.c_proj.weight', (4 * D, D)), ('mlp.c_proj.bias', (D,))):
       base = 1.0 if name.startswith('ln') and name.endswith('weight') else 0.0
       w[f'h.{i}.{name}'] = base + rng.normal(0, 0.4 if name.endswith('weight') else 0.1, shape)
-  w[f'h.0.attn.bias'] = np.tril(np.ones((1, 1, N_POS, N_POS)))  # HF's mask buffer: ignored
+  w['h.0.attn.bias'] = np.tril(np.ones((1, 1, N_POS, N_POS)))  # HF's mask buffer: ignored
   if lm_head:
     w['lm_head.weight'] = rng.normal(0, 0.5, (vocab, D))
   return w

@@ -4,10 +4,8 @@ inputs, and the collapse-time / winner-count helper on hand-made frequency trace
 The experiment modules define absl flags at import, so everything that imports them runs in a
 subprocess (importing them here could clash with another test file's flags)."""
 import json
-import os
 
 import pandas as pd
-import pytest
 
 from conftest import run_module
 
