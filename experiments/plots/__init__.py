@@ -1,0 +1,1 @@
+"""Figures drawn from results CSVs only, one module per figure, plus shared style helpers."""
