@@ -1,6 +1,6 @@
 """Maximum-likelihood estimation of the scores ``A`` (hence ``W = A^T`` and ``P``) from IID data.
 
-The negative log-likelihood (paper Sec. 3, ``shared/paper.md`` Sec. 2)
+The negative log-likelihood (paper Sec. 3; ``docs/theory.md`` Sec. 3)
 
     l(A) = -(1/n) sum_t [ A[q_t, y_t] - log sum_j m_{t,j} exp(A[q_t, j]) ] + (ridge/2) ||A||^2
 
@@ -15,9 +15,18 @@ is in some prompts of row k but never the answer drives its score to ``-inf``).
 
 Everything here is pure and shape-static given ``(K, capacity)``; ``n`` is a traced scalar, so one
 compilation serves every ``n`` of a sweep (the data are padded to the largest ``n``).
+
+Convention: every function here takes scores ``A = W^T`` (row = query token, ``P = softmax(A)``),
+never ``W`` and never ``P``; :func:`ccmc_jax.model.scores` turns ``W`` into ``A``. The error
+metrics refuse a row-stochastic matrix where scores are expected (see :func:`p_error`).
+
+One fit is one call: :func:`fit_dataset` (capacity and ``jit`` handled inside). The pieces below
+(:func:`row_capacity`, :func:`group_by_query`, :func:`restrict`, :func:`fit_grouped`) are for
+sweeps that group a data set once and fit many ``n`` under one ``jit(vmap(...))``.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -35,14 +44,15 @@ class Grouped(NamedTuple):
 
   Attributes:
     log_m: (K, C, K) log key counts of the samples of each row (``-inf`` for absent tokens).
-    w: (K, C) sample weights ``1/n`` (0 on padding and on samples beyond the first ``n``).
-    b: (K, K) answer frequencies ``b[k, j] = #{t < n: q_t = k, y_t = j} / n``.
+    weight: (K, C) sample weights ``1/n`` (0 on padding and on samples beyond the first ``n``).
+    answer_freq: (K, K) answer frequencies ``#{t < n: q_t = k, y_t = j} / n`` at ``[k, j]``.
     index: (K, C) original sample index of each slot (``N`` on padding).
     y: (K, C) answer of each slot.
+  (Not ``w``/``b``: those are the position weights and bias of :mod:`ccmc_jax.positional`.)
   """
   log_m: jax.Array
-  w: jax.Array
-  b: jax.Array
+  weight: jax.Array
+  answer_freq: jax.Array
   index: jax.Array
   y: jax.Array
 
@@ -121,77 +131,96 @@ def group_by_query(data: Dataset, K, capacity, n=None):
 
 def restrict(g: Grouped, n):
   """Re-weight grouped samples to use only the first ``n`` (traced scalar allowed)."""
-  K = g.b.shape[0]
+  K = g.answer_freq.shape[0]
   n_f = jnp.asarray(n, jnp.float32)
-  w = (g.index < n).astype(jnp.float32) / n_f
-  rows = jnp.broadcast_to(jnp.arange(K)[:, None], w.shape)
-  b = jnp.zeros((K, K), jnp.float32).at[rows, g.y].add(w)
-  return g._replace(w=w, b=b)
+  weight = (g.index < n).astype(jnp.float32) / n_f
+  rows = jnp.broadcast_to(jnp.arange(K)[:, None], weight.shape)
+  answer_freq = jnp.zeros((K, K), jnp.float32).at[rows, g.y].add(weight)
+  return g._replace(weight=weight, answer_freq=answer_freq)
 
 
-def _chunked_sum(fn, log_m, w, slots=None):
-  """``sum_c fn(log_m[chunk c], w[chunk c])`` over the chunks holding the first ``slots`` slots.
+def _chunked_sum(fn, log_m, weight, slots=None):
+  """``sum_c fn(log_m[chunk c], weight[chunk c])`` over the chunks of the first ``slots`` slots.
 
   ``slots`` (traced) bounds the work: a row's samples among the first ``n`` are a prefix of its
   slots, so a pass costs ~n/K samples per row whatever the capacity. None: one chunk, all slots.
   """
   C = log_m.shape[0]
   if slots is None or C <= CHUNK or C % CHUNK:
-    return fn(log_m, w)
-  zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, log_m[:CHUNK], w[:CHUNK]))
+    return fn(log_m, weight)
+  zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, log_m[:CHUNK], weight[:CHUNK]))
 
   def body(c, acc):
     lm = jax.lax.dynamic_slice_in_dim(log_m, c * CHUNK, CHUNK)
-    ww = jax.lax.dynamic_slice_in_dim(w, c * CHUNK, CHUNK)
-    return jax.tree.map(jnp.add, acc, fn(lm, ww))
+    wt = jax.lax.dynamic_slice_in_dim(weight, c * CHUNK, CHUNK)
+    return jax.tree.map(jnp.add, acc, fn(lm, wt))
 
   return jax.lax.fori_loop(0, (slots + CHUNK - 1) // CHUNK, body, zero)
 
 
-def row_loss(a, log_m, w, b, ridge=0.0):
-  """Row ``k``'s share of the NLL, ``sum_t w_t lse(a + log m_t) - b.a``, + ``(ridge/2)||a||^2``."""
+def row_loss(a, log_m, weight, freq, ridge=0.0):
+  """Row ``k``'s share of the NLL, ``sum_t weight_t lse(a + log m_t) - freq.a + (ridge/2)|a|^2``."""
   lse = jax.nn.logsumexp(a[None, :] + log_m, axis=-1)
-  return w @ lse - b @ a + 0.5 * ridge * a @ a
+  return weight @ lse - freq @ a + 0.5 * ridge * a @ a
 
 
-def _row_stats(a, log_m, w, b, ridge, slots=None):
+def _row_stats(a, log_m, weight, freq, ridge, slots=None):
   """One pass over a row's samples: loss, gradient and Hessian at ``a``.
 
-  Gradient ``sum_t w_t pi_t - b + ridge a``; Hessian ``sum_t w_t (diag pi_t - pi_t pi_t^T)``
-  (+ ridge I), with ``pi_t = softmax(a + log m_t)`` = ``pi^{X_t}`` (Lemma 2.2).
+  Gradient ``sum_t weight_t pi_t - freq + ridge a``; Hessian
+  ``sum_t weight_t (diag pi_t - pi_t pi_t^T) + ridge I``, with
+  ``pi_t = softmax(a + log m_t) = pi^{X_t}`` (Lemma 2.2).
   """
-  def chunk(lm, ww):
+  def chunk(lm, wt):
     logits = a[None, :] + lm
     top = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
     e = jnp.exp(logits - top)  # one exp per (sample, token): the pass is memory bound
     total = e.sum(axis=-1, keepdims=True)
     pi = e / total
     lse = (top + jnp.log(total))[:, 0]
-    return ww @ lse, ww @ pi, (pi * ww[:, None]).T @ pi
+    return wt @ lse, wt @ pi, (pi * wt[:, None]).T @ pi
 
-  lse, mean_pi, gram = _chunked_sum(chunk, log_m, w, slots)
-  loss = lse - b @ a + 0.5 * ridge * a @ a
-  grad = mean_pi - b + ridge * a
+  lse, mean_pi, gram = _chunked_sum(chunk, log_m, weight, slots)
+  loss = lse - freq @ a + 0.5 * ridge * a @ a
+  grad = mean_pi - freq + ridge * a
   hess = jnp.diag(mean_pi) - gram + ridge * jnp.eye(a.shape[0])
   return loss, grad, hess
 
 
-def row_hessian(a, log_m, w, b):
+def row_hessian(a, log_m, weight, freq):
   """Row ``k``'s Hessian ``(1/n) sum_{t: q_t = k} (diag pi_t - pi_t pi_t^T)`` (no ridge).
 
   At the truth this is the Monte-Carlo Fisher information ``F_k`` of the theory overlay.
   """
-  return _row_stats(a, log_m, w, b, 0.0)[2]
+  return _row_stats(a, log_m, weight, freq, 0.0)[2]
 
 
-def _moment_init(log_m, w, b, slots=None):
+def _moment_init(log_m, weight, freq, slots=None):
   """Start near the optimum: ``a_j = log(answers_j / exposure_j)`` (smoothed, centred)."""
-  exposure = _chunked_sum(lambda lm, ww: ww @ jnp.exp(lm), log_m, w, slots)
+  exposure = _chunked_sum(lambda lm, wt: wt @ jnp.exp(lm), log_m, weight, slots)
   exposure = exposure / jnp.maximum(exposure.sum(), 1e-30)
-  answers = b / jnp.maximum(b.sum(), 1e-30)
-  scale = jnp.maximum(w.sum() / jnp.maximum(w.max(), 1e-30), 1.0)  # samples in this row
+  answers = freq / jnp.maximum(freq.sum(), 1e-30)
+  scale = jnp.maximum(weight.sum() / jnp.maximum(weight.max(), 1e-30), 1.0)  # samples in this row
   a = jnp.log((answers * scale + 0.5) / (exposure * scale + 0.5))
   return a - a.mean()
+
+
+class NewtonState(NamedTuple):
+  """The carry of :func:`damped_newton`'s loop.
+
+  Attributes:
+    x: current iterate.
+    stats: (loss, gradient, Hessian) at ``x``.
+    step: step length ``t`` to try next (doubles after an accepted step, halves after a rejected
+      one).
+    iteration: iterations done (each one pass over the data).
+    done: stopping test met.
+  """
+  x: jax.Array
+  stats: tuple
+  step: jax.Array
+  iteration: jax.Array
+  done: jax.Array
 
 
 def damped_newton(stats, direction, x0, n, tol, max_iter, require_descent=False):
@@ -210,34 +239,37 @@ def damped_newton(stats, direction, x0, n, tol, max_iter, require_descent=False)
     tol: stop when ``n`` x decrement (about twice the log-likelihood gap, in nats) < tol.
     max_iter: iterations at most.
     require_descent: also reject steps whose decrement is not positive.
+  References: paper Sec. 3 (the MLE is convex); ``docs/theory.md`` Sec. 3.
   """
-  def step(state):
-    x, (f0, g, H), t, it, _ = state
+  def step(state: NewtonState) -> NewtonState:
+    f0, g, H = state.stats
+    t = state.step
     d, decrement = direction(g, H)
-    trial = stats(x + t * d)
+    trial = stats(state.x + t * d)
     # Armijo test; near the optimum (total decrement below one nat, the quadratic phase) the
     # full Newton step is taken as is: there the float32 loss cannot resolve the decrease.
     ok = (trial[0] <= f0 - 1e-4 * t * decrement) | (n * decrement < 1.0)
     if require_descent:
       ok = ok & (decrement > 0)
-    x = jnp.where(ok, x + t * d, x)
-    kept = jax.tree.map(lambda u, v: jnp.where(ok, u, v), trial, (f0, g, H))
+    x = jnp.where(ok, state.x + t * d, state.x)
+    kept = jax.tree.map(lambda u, v: jnp.where(ok, u, v), trial, state.stats)
     done = (n * decrement < tol) | (t < 1e-4)
-    return x, kept, jnp.where(ok, jnp.minimum(2 * t, 1.0), 0.5 * t), it + 1, done
+    return NewtonState(x, kept, jnp.where(ok, jnp.minimum(2 * t, 1.0), 0.5 * t),
+                       state.iteration + 1, done)
 
-  def cond(state):
-    return (~state[4]) & (state[3] < max_iter)
+  def cond(state: NewtonState):
+    return (~state.done) & (state.iteration < max_iter)
 
-  init = (x0, stats(x0), jnp.float32(1.0), jnp.int32(0), False)
-  x, _, _, it, _ = jax.lax.while_loop(cond, step, init)
-  return x, it
+  init = NewtonState(x0, stats(x0), jnp.float32(1.0), jnp.int32(0), jnp.bool_(False))
+  final = jax.lax.while_loop(cond, step, init)
+  return final.x, final.iteration
 
 
-def _newton_row(log_m, w, b, ridge, tol, max_iter, slots=None):
+def _newton_row(log_m, weight, freq, ridge, tol, max_iter, slots=None):
   """Damped Newton (:func:`damped_newton`) on one row; returns (a_hat, iterations)."""
   K = log_m.shape[-1]
   ones = jnp.ones((K, K), jnp.float32) / K
-  n = 1.0 / jnp.maximum(w.max(), 1e-30)
+  n = 1.0 / jnp.maximum(weight.max(), 1e-30)
 
   def direction(g, H):
     # H annihilates the all-ones (gauge) direction; adding 11^T/K makes it invertible without
@@ -245,8 +277,8 @@ def _newton_row(log_m, w, b, ridge, tol, max_iter, slots=None):
     d = -jnp.linalg.solve(H + ones, g)
     return d, -g @ d
 
-  a, it = damped_newton(lambda a: _row_stats(a, log_m, w, b, ridge, slots), direction,
-                        _moment_init(log_m, w, b, slots), n, tol, max_iter,
+  a, it = damped_newton(lambda a: _row_stats(a, log_m, weight, freq, ridge, slots), direction,
+                        _moment_init(log_m, weight, freq, slots), n, tol, max_iter,
                         require_descent=True)
   return a - a.mean(), it
 
@@ -265,10 +297,62 @@ def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-4, max_ite
     max_iter: Newton iterations at most.
   Returns:
     FitResult; ``A_hat`` has zero row means (the gauge), ``softmax(A_hat)`` estimates ``P``.
-  References: paper Sec. 3 (convex MLE); shared/paper.md Sec. 2.
+  References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
   """
   g, dropped = group_by_query(data, K, capacity, n)
   return fit_grouped(g, ridge, tol, max_iter)._replace(dropped=dropped)
+
+
+@functools.partial(jax.jit, static_argnames=('K', 'capacity'))
+def _fit_scores_jit(data, K, capacity, n, ridge, tol, max_iter):
+  """:func:`fit_scores` compiled once per ``(K, capacity, data shape)``; ``n``, ``ridge``,
+  ``tol`` and ``max_iter`` are traced (no recompilation when they change)."""
+  fit_one = lambda d: fit_scores(d, K, capacity, n, ridge, tol, max_iter)
+  for _ in range(data.query.ndim - 1):
+    fit_one = jax.vmap(fit_one)
+  return fit_one(data)
+
+
+def fit_dataset(data: Dataset, K, n=None, ridge=1e-6, tol=1e-4, max_iter=50) -> FitResult:
+  """One call from a data set to the maximum-likelihood scores: capacity and ``jit`` inside.
+
+  Computes the per-row capacity on the host (:func:`row_capacity`, rounded up so that data sets
+  of similar size share one compilation), then runs :func:`fit_scores` under a cached ``jit``:
+  the first call for a ``(K, data shape)`` compiles (seconds), later calls with any ``n``,
+  ``ridge``, ``tol`` or ``max_iter`` reuse it (milliseconds). Not jittable itself (the capacity
+  is a host-side number); inside your own ``jit``/``vmap`` call :func:`fit_scores` with a static
+  capacity instead.
+
+  Args:
+    data: Dataset of N samples (``sampling.sample_dataset``), or a batch of data sets with
+      leading axes (e.g. (trials, N)): each is fitted separately (``vmap``).
+    K: vocabulary size; must match ``data.counts.shape[-1]``.
+    n: use the first ``n`` samples (1 <= n <= N); None means all N.
+    ridge, tol, max_iter: as in :func:`fit_scores`.
+  Returns:
+    FitResult (batched like ``data``): ``A_hat`` row-centred scores, ``softmax(A_hat, -1)``
+    estimates ``P``; ``dropped`` is 0.
+  Raises:
+    ValueError: ``K`` does not match the data, token ids outside ``[0, K)``, or a bad ``n``.
+  References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
+  """
+  query = np.asarray(data.query)
+  if data.counts.shape[-1] != K:
+    raise ValueError(f'K={K} does not match the data set: its counts have '
+                     f'{data.counts.shape[-1]} columns')
+  if query.size == 0 or query.min() < 0 or query.max() >= K:
+    raise ValueError(f'query tokens must lie in [0, K) = [0, {K}); got '
+                     f'[{query.min() if query.size else "empty"}, '
+                     f'{query.max() if query.size else "empty"}]')
+  N = query.shape[-1]
+  n = N if n is None else int(n)
+  if not 1 <= n <= N:
+    raise ValueError(f'n={n}: allowed range is 1 <= n <= N = {N} (the data set size)')
+  # Capacity from all N samples, not the first n: one compilation serves every n (a pass costs
+  # ~n anyway, see fit_grouped).
+  capacity = round_capacity(row_capacity(query, K))
+  return _fit_scores_jit(data, K, capacity, jnp.int32(n), jnp.float32(ridge),
+                         jnp.float32(tol), jnp.int32(max_iter))
 
 
 def fit_grouped(g: Grouped, ridge=1e-6, tol=1e-4, max_iter=50, slots=None):
@@ -284,20 +368,20 @@ def fit_grouped(g: Grouped, ridge=1e-6, tol=1e-4, max_iter=50, slots=None):
   """
   slots = used_slots(g) if slots is None else slots
   solve = jax.vmap(_newton_row, in_axes=(0, 0, 0, None, None, None, None))
-  A_hat, iters = solve(g.log_m, g.w, g.b, ridge, tol, max_iter, slots)
+  A_hat, iters = solve(g.log_m, g.weight, g.answer_freq, ridge, tol, max_iter, slots)
   return FitResult(A_hat, iters.max(), jnp.int32(0))
 
 
 def used_slots(g: Grouped, n=None):
   """Largest number of slots any row uses for the first ``n`` samples (all batch dims reduced)."""
-  used = g.w > 0 if n is None else g.index < n
+  used = g.weight > 0 if n is None else g.index < n
   return jnp.max(jnp.sum(used, axis=-1))
 
 
 def nll(A, grouped: Grouped, ridge=0.0):
   """Full objective ``l(A)`` on grouped data (sum of the K row losses)."""
   losses = jax.vmap(row_loss, in_axes=(0, 0, 0, 0, None))(
-      A, grouped.log_m, grouped.w, grouped.b, ridge)
+      A, grouped.log_m, grouped.weight, grouped.answer_freq, ridge)
   return losses.sum()
 
 
@@ -331,15 +415,72 @@ def fit_scores_optax(data: Dataset, K, capacity, n=None, ridge=1e-6, solver='lbf
   return FitResult(A - A.mean(axis=1, keepdims=True), jnp.int32(steps), dropped)
 
 
-def p_error(A_hat, A_true):
+SCORES_ATOL = 1e-4  # rows summing to 1 within this, entries in [0, 1]: a P, not scores
+
+
+def _looks_stochastic(M):
+  """True (traced bool) where ``M`` looks like a row-stochastic matrix P: every entry finite and
+  in [0, 1] and every row summing to 1 within ``SCORES_ATOL``. Scores ``A`` (row-centred fits,
+  Gaussian ``A*``, ``log P``) never do, except by contrivance (e.g. all scores equal to 1/K)."""
+  M = jnp.asarray(M)
+  entries = jnp.all(jnp.isfinite(M) & (M >= 0) & (M <= 1), axis=(-2, -1))
+  rows = jnp.all(jnp.abs(jnp.sum(M, axis=-1) - 1.0) <= SCORES_ATOL, axis=-1)
+  return entries & rows
+
+
+def check_scores(M, name='A'):
+  """Raise ``ValueError`` when a concrete (not traced) ``M`` looks like a row-stochastic P where
+  scores ``A`` are expected; return ``M``. Under ``jit`` the check cannot raise (see
+  :func:`p_error`, which then returns NaN instead).
+
+  Scores are ``A = W^T`` with ``P = softmax(A, -1)``: for a transition matrix pass ``log P``.
+  """
+  try:
+    looks = bool(jnp.any(_looks_stochastic(M)))
+  except jax.errors.ConcretizationTypeError:
+    return M
+  if looks:
+    raise ValueError(f'{name} looks like a row-stochastic matrix P (entries in [0, 1], rows '
+                     f'summing to 1), but scores A = W^T are expected: pass log(P), or use the '
+                     f'P_true= keyword of p_error')
+  return M
+
+
+def p_error(A_hat, A_true=None, *, P_true=None):
   """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (always finite).
 
+  ``P_hat = softmax(A_hat, -1)``; the truth is given either as scores ``A_true`` (``P* =
+  softmax(A_true, -1)``) or as a transition matrix by keyword, ``P_true=P``. Both arguments are
+  scores (``A = W^T``, row = query token; not ``W``, not ``P``): a row-stochastic matrix passed
+  as ``A_hat`` or ``A_true`` (the swap ``p_error(A_hat, P)``, which would silently measure the
+  distance to ``softmax(P)``) raises ``ValueError`` when called eagerly and gives NaN under
+  ``jit``/``vmap``, never a plausible number.
+
+  Args:
+    A_hat: (..., K, K) estimated scores.
+    A_true: (..., K, K) true scores (``-inf`` allowed: a zero diagonal).
+    P_true: keyword-only alternative to ``A_true``: (..., K, K) row-stochastic truth.
   References: paper Sec. 3 (sample complexity, error ~ K^2/n).
   """
-  return jnp.sum((jax.nn.softmax(A_hat, -1) - jax.nn.softmax(A_true, -1)) ** 2)
+  if (A_true is None) == (P_true is None):
+    raise ValueError('p_error needs exactly one of A_true (scores) or P_true= (probabilities)')
+  check_scores(A_hat, 'A_hat')
+  bad = _looks_stochastic(A_hat)
+  if A_true is not None:
+    check_scores(A_true, 'A_true')
+    bad = bad | _looks_stochastic(A_true)
+    P_true = jax.nn.softmax(A_true, -1)
+  err = jnp.sum((jax.nn.softmax(A_hat, -1) - P_true) ** 2, axis=(-2, -1))
+  return jnp.where(bad, jnp.nan, err)
 
 
 def centered_w_error(A_hat, A_true):
-  """``||c(A_hat) - c(A*)||_F^2`` with ``c`` the row centring (the gauge); inf if A* has -inf."""
+  """``||c(A_hat) - c(A*)||_F^2`` with ``c`` the row centring (the gauge); inf if A* has -inf.
+
+  Both are scores ``A = W^T``; a row-stochastic argument is refused as in :func:`p_error`.
+  """
+  check_scores(A_hat, 'A_hat')
+  check_scores(A_true, 'A_true')
   c = lambda A: A - A.mean(axis=-1, keepdims=True)
-  return jnp.sum((c(A_hat) - c(A_true)) ** 2)
+  err = jnp.sum((c(A_hat) - c(A_true)) ** 2, axis=(-2, -1))
+  return jnp.where(_looks_stochastic(A_hat) | _looks_stochastic(A_true), jnp.nan, err)

@@ -87,7 +87,7 @@ def cooccurrence_graph(prompts, query: Union[None, int, Sequence[int]] = None, c
   last token (the query) is ``k``. Self-attention keys are all ``L`` tokens, the query included;
   cross-attention keys are the first ``L - 1`` (the query is not a key). Row ``k`` of the base
   chain ``P`` is identifiable from prompts in this set iff ``G_k`` is connected and covers all
-  ``K`` tokens (shared/paper.md Sec. 2 states the condition; ``tests/test_figures_2_3.py``
+  ``K`` tokens (paper Thm 3.4; ``docs/theory.md`` Sec. 5 proves it; ``tests/test_figures_2_3.py``
   checks it against the rank of the score differences the prompts reveal).
 
   Args:

@@ -1,6 +1,6 @@
 """The model: 1-layer self-attention and the context-conditioned Markov chain (CCMC).
 
-Conventions (paper Sec. 2, `shared/paper.md` Sec. 1):
+Conventions (paper Sec. 2; ``docs/theory.md`` Sec. 1):
   * Vocabulary ``[K] = {0, ..., K-1}`` (0-indexed; the paper writes 1..K).
   * Embeddings ``E`` (K x d), row ``e_k``; ``E=None`` means ``E = I_K``.
   * Prompt ``X = (x_1, ..., x_L)``; the last token ``x_L`` is the query.

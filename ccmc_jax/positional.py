@@ -1,12 +1,12 @@
 """Positional encoding: the position-weighted CCMC, its sampling and its joint MLE.
 
-Model (paper Definition 2.4 / Lemma 2.5, ``shared/paper.md`` Sec. 1). With keys
+Model (paper Definition 2.4 / Lemma 2.5; ``docs/theory.md`` Sec. 6). With keys
 ``e_{x_i} + p_i`` and position vectors that carry no token identity (``C p_i = 0``),
 
     pi^X_k ∝ P[x_L, k] * sum_{i: x_i = k} w_i,
 
 each occurrence of token ``k`` weighted by a positive factor of its position. Parametrisation
-(our choice, paper.md marks it [choose]): a learnable positional bias ``b ∈ R^L`` with
+(our choice; the paper leaves it open): a learnable positional bias ``b ∈ R^L`` with
 ``w_i = exp(b_i)``, and scores ``A`` with ``P = softmax(A, -1)``. The next-token law in log space is
 
     log pi^X_k = A[x_L, k] + logsumexp_{i: x_i = k} b_i - logsumexp_i (A[x_L, x_i] + b_i),
@@ -14,12 +14,13 @@ each occurrence of token ``k`` weighted by a positive factor of its position. Pa
 i.e. attention picks position ``i`` with logit ``z_i = A[x_L, x_i] + b_i`` and emits its token.
 For cross-attention the query position ``L`` is not a key, so only ``b_1..b_{L-1}`` enter.
 
-Gauge / identifiability [math]: ``pi`` is unchanged by ``A[q, :] -> A[q, :] + c_q`` (each query
-row) and by ``b -> b + c`` (``w -> e^c w``: the global scale of ``w``). Nothing else is free under
-uniform prompts with ``L >= 3``. With ``L = 2`` (self-attention) the weight of the query position
-is confounded with the diagonal of ``A`` (shift every off-diagonal score and ``b_1`` together),
-so experiments require ``L >= 3``. The errors below compare only gauge-invariant quantities:
-``P = softmax(A)`` per row and the normalised weights ``w / sum(w) = softmax(b)``.
+Gauge / identifiability (ours; ``docs/theory.md`` Sec. 6): ``pi`` is unchanged by
+``A[q, :] -> A[q, :] + c_q`` (each query row) and by ``b -> b + c`` (``w -> e^c w``: the global
+scale of ``w``). Nothing else is free under uniform prompts with ``L >= 3``. With ``L = 2``
+(self-attention) the weight of the query position is confounded with the diagonal of ``A``
+(shift every off-diagonal score and ``b_1`` together), so experiments require ``L >= 3``. The
+errors below compare only gauge-invariant quantities: ``P = softmax(A)`` per row and the
+normalised weights ``w / sum(w) = softmax(b)``.
 
 The attention model realises the learnable bias exactly (:func:`embed_position_bias`, ``d = K+1``);
 generic positional embeddings give query-dependent weights ``w_i(x_L)`` and a shifted base chain
@@ -77,7 +78,7 @@ def sample_position_bias(key, L, scale=1.0, kind='random'):
     kind: one of ``BIAS_KINDS``.
   Returns:
     (L,) float32 with zero mean.
-  References: paper Definition 2.4 (position weights); shared/paper.md Sec. 1 [choose].
+  References: paper Definition 2.4 (position weights); ``docs/theory.md`` Sec. 6 (our choice).
   """
   if kind == 'random':
     b = scale * jax.random.normal(key, (L,), jnp.float32)
@@ -247,7 +248,7 @@ def fit_positional(data: PositionalDataset, K, n=None, cross=False, ridge=1e-6, 
   Returns:
     PositionalFit; ``softmax(A_hat)`` estimates ``P``, ``softmax(b_hat)`` estimates
     ``w / sum(w)``.
-  References: paper Lemma 2.5 (positional CCMC), Sec. 3 (MLE); shared/paper.md Sec. 1.
+  References: paper Lemma 2.5 (positional CCMC), Sec. 3 (MLE); ``docs/theory.md`` Sec. 6.
   """
   N = data.y.shape[0]
   n = N if n is None else n
@@ -297,7 +298,7 @@ def w_error(b_hat, b_true):
   to a rescaling of ``b`` (that changes the model). ``b_true`` may be longer than ``b_hat``
   (cross-attention: the query position carries no key), then its first ``len(b_hat)`` entries
   are compared.
-  References: paper Lemma 2.5; shared/paper.md Sec. 1 (gauge ``b -> b + c``).
+  References: paper Lemma 2.5; ``docs/theory.md`` Sec. 6 (gauge ``b -> b + c``).
   """
   b_true = b_true[..., :b_hat.shape[-1]]
   return jnp.sum((normalized_weights(b_hat) - normalized_weights(b_true)) ** 2, axis=-1)
@@ -341,7 +342,7 @@ def embed_position_bias(A, b):
     A: (K, K) scores; b: (L,) log position weights.
   Returns:
     ``(W (d, d), E (K, d), pos (L, d))`` for :func:`ccmc_jax.model.attention_next_token_probs`.
-  References: paper Lemma 2.5; shared/paper.md Sec. 1 ([choose] learnable bias).
+  References: paper Lemma 2.5; ``docs/theory.md`` Sec. 6 (the learnable bias, our choice).
   """
   A, b = jnp.asarray(A), jnp.asarray(b)
   K = A.shape[0]

@@ -37,7 +37,7 @@ def sample_scores(key, K, scale=1.0, zero_diag=False):
     zero_diag: set the diagonal to ``-inf`` (``P* = zero_diagonal(P)``).
   Returns:
     (K, K) float32 scores; ``P* = softmax(A*, axis=-1)``.
-  References: shared/paper.md Sec. 2 (default ``A* ~ N(0, 1)``).
+  References: paper Sec. 3 (learning from IID prompts; ``A* ~ N(0, 1)`` is our default).
   """
   A = scale * jax.random.normal(key, (K, K), jnp.float32)
   if zero_diag:
@@ -62,7 +62,7 @@ def two_group_prompt(K, L) -> Callable:
   groups, ``{0..K/2-1}`` or ``{K/2..K-1}``, picked with probability 1/2 per prompt. Contexts
   never mix the groups, so for cross-attention every ``G_k`` has two components (Thm 3.4
   fails), while self-attention joins them through the query.
-  References: paper Fig. 3; shared/paper.md Sec. 2 (consistency).
+  References: paper Fig. 3, Thm 3.4; ``docs/theory.md`` Sec. 5 (identifiability).
   """
   half = K // 2
 

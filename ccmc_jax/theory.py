@@ -1,4 +1,4 @@
-"""Theory: asymptotic MLE error prediction (paper Sec. 3, derived in shared/paper.md Sec. 2)."""
+"""Theory: asymptotic MLE error prediction (paper Sec. 3; derived in ``docs/theory.md`` Sec. 4)."""
 from __future__ import annotations
 
 import jax
@@ -28,7 +28,7 @@ def fisher_information(A, mc_data: Dataset, K, capacity):
   Returns (K, K, K); ``F[k]`` is the Hessian of row k's expected NLL at the truth.
   """
   g, _ = fit.group_by_query(mc_data, K, capacity)
-  return jax.vmap(fit.row_hessian)(A, g.log_m, g.w, g.b)
+  return jax.vmap(fit.row_hessian)(A, g.log_m, g.weight, g.answer_freq)
 
 
 def predicted_error(A, mc_data: Dataset, K, capacity, n):
@@ -41,7 +41,8 @@ def predicted_error(A, mc_data: Dataset, K, capacity, n):
     n: sample size(s); scalar or array.
   Returns:
     the predicted squared error at each ``n``.
-  References: standard MLE asymptotics (delta method through the softmax); shared/paper.md Sec. 2.
+  References: standard MLE asymptotics (delta method through the softmax); ``docs/theory.md``
+    Sec. 4.
   """
   F = fisher_information(A, mc_data, K, capacity)
   J = softmax_jacobian(jax.nn.softmax(A, axis=-1))

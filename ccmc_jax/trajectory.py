@@ -37,7 +37,7 @@ def generate(key, log_P, X0, T, window=None, trace=True):
     trace: return per-step frequencies (T, K); False returns only the final ones (1, K).
   Returns:
     Trajectory.
-  References: paper Sec. 4; shared/paper.md Sec. 3 (facts (1)-(4)).
+  References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (facts 1-4).
   """
   log_P = jnp.asarray(log_P, jnp.float32)
   X0 = jnp.asarray(X0, jnp.int32)
@@ -75,7 +75,7 @@ def as_dataset(X0, tokens, K):
 
   Pair ``t`` has query ``x_t`` (the last context token), counts of ``X0 + tokens[:t]`` and
   answer ``tokens[t]``, so :func:`ccmc_jax.fit.fit_scores` learns ``W`` from one trajectory.
-  References: shared/paper.md Sec. 3 (estimation from a single trajectory).
+  References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (estimation from a single trajectory).
   """
   X0 = jnp.asarray(X0, jnp.int32)
   tokens = jnp.asarray(tokens, jnp.int32)
@@ -127,7 +127,7 @@ def collapse_summary(freqs, threshold):
     (shares of the largest one / two final frequencies), ``collapse_time`` (the first step
     ``t`` in 1..T from which the set of tokens above ``threshold`` equals the final set up to
     ``T``; 1 if it never changes).
-  References: paper Sec. 4 (winner tokens); shared/paper.md Sec. 3.
+  References: paper Sec. 4 (winner tokens); ``docs/theory.md`` Sec. 7.
   """
   freqs = jnp.asarray(freqs)
   T = freqs.shape[0]

@@ -1,4 +1,4 @@
-"""Collapse statistics over many seeds (beyond the paper; paper Sec. 4, shared/paper.md Sec. 3).
+"""Collapse statistics over many seeds (beyond the paper; paper Sec. 4, docs/theory.md Sec. 7).
 
 One growing-context trajectory of T tokens per seed, x_{t+1} ~ pi^{X_t}, from X0 = a random
 permutation of all K tokens followed by L0 - K uniform tokens (L0 < K: the first L0 tokens of

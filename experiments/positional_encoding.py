@@ -2,7 +2,7 @@
 
 With keys e_{x_i} + p_i and position vectors that carry no token identity (C p_i = 0), attention
 is a CCMC whose counts are replaced by position weights:
-pi^X_k ∝ P[x_L, k] * sum_{i: x_i = k} w_i (shared/paper.md Sec. 1). Two parts:
+pi^X_k ∝ P[x_L, k] * sum_{i: x_i = k} w_i (paper Lemma 2.5; docs/theory.md Sec. 6). Two parts:
 
 (a) Equivalence. For every cell (K, L, attention) of --eq_K x --eq_L x --eq_attention, --eq_trials
     draws each compare the literal attention forward pass with the positional CCMC on

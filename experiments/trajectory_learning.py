@@ -1,4 +1,4 @@
-"""Learning W from one trajectory vs from IID prompts (paper Sec. 4; shared/paper.md Sec. 3 (4)).
+"""Learning W from one trajectory vs from IID prompts (paper Sec. 4; docs/theory.md Sec. 7, fact 4).
 
 For each trial: draw A* ~ N(0, scale^2) (P* = softmax(A*)), an initial prompt X0 of length L0,
 and
