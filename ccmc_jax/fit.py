@@ -18,7 +18,8 @@ compilation serves every ``n`` of a sweep (the data are padded to the largest ``
 
 Convention: every function here takes scores ``A = W^T`` (row = query token, ``P = softmax(A)``),
 never ``W`` and never ``P``; :func:`ccmc_jax.model.scores` turns ``W`` into ``A``. The error
-metrics refuse a row-stochastic matrix where scores are expected (see :func:`p_error`).
+metrics refuse a row-stochastic matrix where scores are expected (see :func:`p_error` and
+:func:`ccmc_jax.model.check_scores`).
 
 One fit is one call: :func:`fit_dataset` (capacity and ``jit`` handled inside). The pieces below
 (:func:`row_capacity`, :func:`group_by_query`, :func:`restrict`, :func:`fit_grouped`) are for
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ccmc_jax import model
 from ccmc_jax.sampling import Dataset
 
 CHUNK = 256  # samples per chunk of a pass: a pass over n samples costs ~n, not ~capacity
@@ -415,37 +417,6 @@ def fit_scores_optax(data: Dataset, K, capacity, n=None, ridge=1e-6, solver='lbf
   return FitResult(A - A.mean(axis=1, keepdims=True), jnp.int32(steps), dropped)
 
 
-SCORES_ATOL = 1e-4  # rows summing to 1 within this, entries in [0, 1]: a P, not scores
-
-
-def _looks_stochastic(M):
-  """True (traced bool) where ``M`` looks like a row-stochastic matrix P: every entry finite and
-  in [0, 1] and every row summing to 1 within ``SCORES_ATOL``. Scores ``A`` (row-centred fits,
-  Gaussian ``A*``, ``log P``) never do, except by contrivance (e.g. all scores equal to 1/K)."""
-  M = jnp.asarray(M)
-  entries = jnp.all(jnp.isfinite(M) & (M >= 0) & (M <= 1), axis=(-2, -1))
-  rows = jnp.all(jnp.abs(jnp.sum(M, axis=-1) - 1.0) <= SCORES_ATOL, axis=-1)
-  return entries & rows
-
-
-def check_scores(M, name='A'):
-  """Raise ``ValueError`` when a concrete (not traced) ``M`` looks like a row-stochastic P where
-  scores ``A`` are expected; return ``M``. Under ``jit`` the check cannot raise (see
-  :func:`p_error`, which then returns NaN instead).
-
-  Scores are ``A = W^T`` with ``P = softmax(A, -1)``: for a transition matrix pass ``log P``.
-  """
-  try:
-    looks = bool(jnp.any(_looks_stochastic(M)))
-  except jax.errors.ConcretizationTypeError:
-    return M
-  if looks:
-    raise ValueError(f'{name} looks like a row-stochastic matrix P (entries in [0, 1], rows '
-                     f'summing to 1), but scores A = W^T are expected: pass log(P), or use the '
-                     f'P_true= keyword of p_error')
-  return M
-
-
 def p_error(A_hat, A_true=None, *, P_true=None):
   """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (always finite).
 
@@ -464,11 +435,11 @@ def p_error(A_hat, A_true=None, *, P_true=None):
   """
   if (A_true is None) == (P_true is None):
     raise ValueError('p_error needs exactly one of A_true (scores) or P_true= (probabilities)')
-  check_scores(A_hat, 'A_hat')
-  bad = _looks_stochastic(A_hat)
+  model.check_scores(A_hat, 'A_hat')
+  bad = model.looks_stochastic(A_hat)
   if A_true is not None:
-    check_scores(A_true, 'A_true')
-    bad = bad | _looks_stochastic(A_true)
+    model.check_scores(A_true, 'A_true')
+    bad = bad | model.looks_stochastic(A_true)
     P_true = jax.nn.softmax(A_true, -1)
   err = jnp.sum((jax.nn.softmax(A_hat, -1) - P_true) ** 2, axis=(-2, -1))
   return jnp.where(bad, jnp.nan, err)
@@ -479,8 +450,9 @@ def centered_w_error(A_hat, A_true):
 
   Both are scores ``A = W^T``; a row-stochastic argument is refused as in :func:`p_error`.
   """
-  check_scores(A_hat, 'A_hat')
-  check_scores(A_true, 'A_true')
+  model.check_scores(A_hat, 'A_hat')
+  model.check_scores(A_true, 'A_true')
   c = lambda A: A - A.mean(axis=-1, keepdims=True)
   err = jnp.sum((c(A_hat) - c(A_true)) ** 2, axis=(-2, -1))
-  return jnp.where(_looks_stochastic(A_hat) | _looks_stochastic(A_true), jnp.nan, err)
+  bad = model.looks_stochastic(A_hat) | model.looks_stochastic(A_true)
+  return jnp.where(bad, jnp.nan, err)

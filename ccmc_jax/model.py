@@ -7,6 +7,14 @@ Conventions (paper Sec. 2; ``docs/theory.md`` Sec. 1):
   * Scores ``A[i, j] = e_j^T W e_i`` (row = query/current token, column = next token),
     so ``A = E W^T E^T`` and the base chain is ``P = softmax(A, axis=-1)``.
 
+One convention across the library: the functions of this module that model the attention layer
+take the weights ``W`` (:func:`transition_matrix`, :func:`attention_next_token_probs`) or the
+base chain ``P`` (:func:`ccmc_next_token_probs`); ``sampling``, ``fit``, ``theory`` and
+``trajectory`` take scores ``A = W^T`` (or ``log P``, equivalent scores). :func:`scores` turns
+``W`` into ``A``. A transposed ``W`` cannot be detected, but a ``P`` passed where scores are
+expected (or scores where ``P`` is expected) is refused when called eagerly:
+:func:`check_scores`, :func:`check_base_chain`.
+
 Every function is pure, shape-polymorphic over leading batch axes and jit/vmap friendly.
 """
 from __future__ import annotations
@@ -99,6 +107,7 @@ def ccmc_next_token_probs(P, X, cross=False):
     (..., K) probabilities, zero on tokens absent from the keys.
   References: paper Definition 2.1 / Lemma 2.2.
   """
+  check_base_chain(P)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
   counts = token_counts(X, P.shape[-1], cross)
@@ -148,6 +157,7 @@ def positional_ccmc_next_token_probs(P, X, w, cross=False):
     (..., K) probabilities.
   References: paper Definition 2.4 / Lemma 2.5 (positional encoding).
   """
+  check_base_chain(P)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
   keys = X[..., :-1] if cross else X
@@ -187,3 +197,54 @@ def check_stochastic(P, name='P', atol=1e-4):
     raise ValueError(f'{name} is not row-stochastic: row {bad[0]} sums to {sums[bad[0]]:.6g}'
                      f' (allowed: every row sums to 1 within {atol})')
   return P
+
+
+STOCHASTIC_ATOL = 1e-4  # rows summing to 1 within this, entries in [0, 1]: a P, not scores
+
+
+def looks_stochastic(M, atol=STOCHASTIC_ATOL):
+  """Whether each (K, K) matrix of ``M`` (..., K, K) looks like a row-stochastic ``P``: every
+  entry finite and in [0, 1], every row summing to 1 within ``atol``. Traceable (a bool array).
+
+  Scores ``A`` never do (Gaussian ``A*``, row-centred fits with zero row sums, ``log P <= 0``,
+  ``-inf`` diagonals) except by contrivance, e.g. every score equal to ``1/K``.
+  """
+  M = jnp.asarray(M)
+  entries = jnp.all(jnp.isfinite(M) & (M >= 0) & (M <= 1), axis=(-2, -1))
+  rows = jnp.all(jnp.abs(jnp.sum(M, axis=-1) - 1.0) <= atol, axis=-1)
+  return entries & rows
+
+
+def _concrete(x):
+  """``x`` as a NumPy array, or None when it is traced (inside ``jit``/``vmap``/``grad``)."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_scores(M, name='A'):
+  """Raise ``ValueError`` when ``M`` looks like a row-stochastic ``P`` where scores ``A = W^T``
+  (or ``log P``) are expected; return ``M``. Checked only on concrete arrays: under ``jit`` it
+  does nothing (``fit.p_error`` then returns NaN instead).
+  """
+  host = _concrete(M)
+  if host is not None and host.ndim >= 2 and np.any(np.asarray(looks_stochastic(host))):
+    raise ValueError(f'{name} looks like a row-stochastic matrix P (entries in [0, 1], rows '
+                     f'summing to 1) where scores A = W^T are expected: pass log(P) (or '
+                     f'p_error(A_hat, P_true=P))')
+  return M
+
+
+def check_base_chain(P, atol=1e-3):
+  """Raise ``ValueError`` when a concrete ``P`` (K, K) is not row-stochastic (e.g. weights ``W``
+  or scores ``A`` passed where the base chain is expected); nothing under ``jit``."""
+  host = _concrete(P)
+  if host is None or host.ndim != 2:
+    return
+  host = host.astype(np.float64)
+  sums = host.sum(axis=-1)
+  if np.any(host < 0) or not np.all(np.abs(sums - 1.0) <= atol):
+    raise ValueError(f'P must be a row-stochastic base chain (P = transition_matrix(W), not W or '
+                     f'the scores A = W^T); got row sums in [{sums.min():.4g}, {sums.max():.4g}]'
+                     f' and minimum entry {host.min():.4g}')

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from ccmc_jax import fit
+from ccmc_jax import model
 from ccmc_jax import sampling
 
 BIAS_KINDS = ('random', 'recency')
@@ -131,6 +132,7 @@ def sample_positional_dataset(key, A, b, n, L, prompt_fn, cross=False):
     PositionalDataset with ``n`` rows.
   References: paper Lemma 2.5; Sec. 3 (learning from IID prompts).
   """
+  model.check_scores(A, 'A')
   x_key, y_key = jax.random.split(key)
   X = sampling.sample_prompts(x_key, n, L, prompt_fn)
   u = sampling._uniforms(y_key, n, 1)[:, 0]  # pylint: disable=protected-access  (prefix-stable)

@@ -120,6 +120,7 @@ def sample_next_tokens(key, log_P, X, cross=False):
     (n,) int32 next tokens.
   References: paper Lemma 2.2; Fig. 4 (single outputs of many IID prompts).
   """
+  model.check_scores(log_P, 'log_P')
   counts = model.token_counts(X, log_P.shape[-1], cross)
   return _next_tokens(_uniforms(key, X.shape[0], 1)[:, 0], log_P, X, counts)
 
@@ -134,6 +135,7 @@ def dataset_uniforms(key, n, L):
 
 def dataset_from_uniforms(A, u_x, u_y, prompt_fn, cross=False):
   """:func:`sample_dataset` from the uniforms of :func:`dataset_uniforms` (same numbers)."""
+  model.check_scores(A, 'A')
   X = prompt_fn(u_x)
   counts = model.token_counts(X, A.shape[-1], cross)
   return Dataset(X[:, -1], counts, _next_tokens(u_y, A, X, counts))
@@ -144,7 +146,8 @@ def sample_dataset(key, A, n, L, prompt_fn, cross=False):
 
   Args:
     key: PRNG key.
-    A: (K, K) ground-truth scores (or ``log P``).
+    A: (K, K) ground-truth scores ``A = W^T`` (or ``log P``); not ``P`` itself (refused when
+      called eagerly, :func:`ccmc_jax.model.check_scores`).
     n: number of samples (static).
     L: prompt length (static).
     prompt_fn: prompt sampler, e.g. ``uniform_prompt(K, L)``.

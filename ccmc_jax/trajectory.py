@@ -29,7 +29,8 @@ def generate(key, log_P, X0, T, window=None, trace=True):
 
   Args:
     key: PRNG key.
-    log_P: (K, K) log base chain; ``-inf`` entries allowed (e.g. a zero diagonal).
+    log_P: (K, K) log base chain (or scores ``A = W^T``); ``-inf`` entries allowed (e.g. a zero
+      diagonal). Not ``P`` itself (refused when called eagerly).
     X0: (L0,) int initial prompt; its last token is the first query. Entries equal to -1 are
       padding (zero counts) for a growing context; the last entry must be a real token.
     T: number of tokens to generate (static).
@@ -39,6 +40,7 @@ def generate(key, log_P, X0, T, window=None, trace=True):
     Trajectory.
   References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (facts 1-4).
   """
+  model.check_scores(log_P, 'log_P')
   log_P = jnp.asarray(log_P, jnp.float32)
   X0 = jnp.asarray(X0, jnp.int32)
   K = log_P.shape[-1]
