@@ -1,6 +1,7 @@
 """Samplers (frequencies within Monte-Carlo error, prefix stability) and the MLE (optimality
 against SciPy in float64, masking by n, 1/n decay matching the asymptotic theory)."""
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from scipy import optimize
 
 import ccmc_jax
 from ccmc_jax import fit, sampling, theory
+from ccmc_jax.model import looks_stochastic as model_looks
 
 # Jitted once per shape (eager calls would re-trace the Newton while_loop on every call).
 fit_scores = jax.jit(fit.fit_scores, static_argnums=(1, 2),
@@ -31,6 +33,14 @@ def _sampler(K, L, n, scale, prompts, cross):
 
 def make_data(K=4, L=5, n=4000, seed=0, scale=1.0, prompts='uniform', cross=False):
   return _sampler(K, L, n, scale, prompts, cross)(jax.random.PRNGKey(seed))
+
+
+def enumerated_prompts(K, L, cross):
+  """Every prompt of length L over [K], each once: uniform prompts, exactly (a Dataset whose
+  answers are unused)."""
+  X = jnp.array(list(itertools.product(range(K), repeat=L)), jnp.int32)
+  return sampling.Dataset(X[:, -1], ccmc_jax.token_counts(X, K, cross),
+                          jnp.zeros(len(X), jnp.int32))
 
 
 def test_next_tokens_follow_pi():
@@ -173,8 +183,9 @@ def test_mle_nonexistence_stays_finite():
 
 
 def test_error_decays_like_one_over_n_and_matches_theory():
-  """K = 4, L = 6: mean error over 24 trials at n = 2000 and 16000 within 25% of the
-  asymptotic prediction, and the ratio close to 8 (1/n decay)."""
+  """K = 4, L = 6: mean error over 24 trials at n = 16000 within 25% of the asymptotic
+  prediction (exact Fisher information, by enumeration; the tolerance is for the 24 trials'
+  spread), and the ratio of the errors at n = 2000 and 16000 close to 8 (1/n decay)."""
   K, L, trials = 4, 6, 24
   fn = sampling.uniform_prompt(K, L)
 
@@ -188,11 +199,9 @@ def test_error_decays_like_one_over_n_and_matches_theory():
   err = jax.jit(jax.vmap(lambda d, a, n: fit.p_error(fit.fit_scores(d, K, cap, n).A_hat, a),
                          in_axes=(0, 0, None)))
   e_small, e_big = float(err(data, A, 2000).mean()), float(err(data, A, 16000).mean())
-  mc_data = jax.jit(jax.vmap(lambda a: sampling.sample_dataset(jax.random.PRNGKey(8), a, 50000,
-                                                              L, fn)))(A)
-  mc_cap = fit.row_capacity(mc_data.query, K)
-  pred = float(jax.jit(jax.vmap(lambda a, mc: theory.predicted_error(a, mc, K, mc_cap, 16000)))(
-      A, mc_data).mean())
+  exact = enumerated_prompts(K, L, False)  # all K^L prompts: the exact Fisher information
+  pred = float(jax.jit(jax.vmap(
+      lambda a: theory.predicted_error(a, exact, K, len(exact.y), 16000)))(A).mean())
   assert 0.75 < e_big / pred < 1.33, (e_big, pred)
   assert 5.5 < e_small / e_big < 11.5, (e_small, e_big)
 
@@ -204,3 +213,97 @@ def test_optax_solvers_reach_the_newton_optimum():
   newton = fit_scores(data, K, cap, tol=1e-8).A_hat
   lbfgs = fit_scores_optax(data, K, cap, solver='lbfgs', steps=200).A_hat
   np.testing.assert_allclose(jax.nn.softmax(lbfgs, -1), jax.nn.softmax(newton, -1), atol=1e-3)
+
+
+def expected_row_nll(a, k, A_true, data):
+  """(1/N) sum over prompts with query k of E_{y ~ pi^X(A*)}[-log pi^X_y(a)]: the expected NLL
+  of row k, written directly from Lemma 2.2 (no grouping, no hand-written derivative)."""
+  log_m = jnp.where(data.counts > 0, jnp.log(jnp.where(data.counts > 0, data.counts, 1.0)),
+                    -jnp.inf)
+  mine = data.query == k
+  pi_true = jax.nn.softmax(A_true[k] + log_m, axis=-1)
+  log_pi = jax.nn.log_softmax(a + log_m, axis=-1)
+  nll_x = -jnp.sum(jnp.where(pi_true > 0, pi_true * log_pi, 0.0), axis=-1)
+  return jnp.sum(jnp.where(mine, nll_x, 0.0)) / data.query.shape[0]
+
+
+_hessian = jax.jit(jax.hessian(expected_row_nll))
+_fisher = jax.jit(theory.fisher_information, static_argnums=(2, 3))
+_predicted = jax.jit(theory.predicted_error, static_argnums=(2, 3))
+
+
+@pytest.mark.parametrize('cross', [False, True])
+def test_fisher_information_is_the_exact_hessian(cross):
+  """F_k = E[1{x_L = k}(diag pi - pi pi^T)] equals jax.hessian of the expected row NLL at the
+  truth, exactly, on the enumeration of all K^L prompts (docs/theory.md Sec. 4); and the
+  overlay (1/n) sum_k tr(J_k F_k^+ J_k) equals a NumPy evaluation with J_k = jax.jacobian of
+  softmax and numpy.linalg.pinv."""
+  K, L, n = 3, 4, 1000
+  A = sampling.sample_scores(jax.random.PRNGKey(21), K)
+  data = enumerated_prompts(K, L, cross)
+  F = np.asarray(_fisher(A, data, K, len(data.y)))
+  ref = 0.0
+  for k in range(K):
+    H = np.asarray(_hessian(A[k], k, A, data), np.float64)
+    np.testing.assert_allclose(F[k], H, atol=1e-6)
+    assert np.abs(H).max() > 1e-2  # not a trivially zero block
+    J = np.asarray(jax.jacobian(jax.nn.softmax)(A[k]), np.float64)
+    ref += np.trace(J @ np.linalg.pinv(H, rcond=1e-6, hermitian=True) @ J) / n
+  np.testing.assert_allclose(float(_predicted(A, data, K, len(data.y), n)), ref, rtol=1e-4)
+
+
+def test_monte_carlo_fisher_information_converges_to_the_exact_one():
+  """On 40,000 sampled prompts the Monte-Carlo F_k is within 3% (Frobenius) of the exact
+  enumeration; the relative standard error is about 1/sqrt(40000/K) ~ 1%."""
+  K, L = 3, 4
+  A, mc = make_data(K=K, L=L, n=40000, seed=5)
+  exact = enumerated_prompts(K, L, False)
+  F_mc = np.asarray(_fisher(A, mc, K, fit.row_capacity(mc.query, K)))
+  F_ex = np.asarray(_fisher(A, exact, K, len(exact.y)))
+  for k in range(K):
+    assert np.linalg.norm(F_mc[k] - F_ex[k]) < 0.03 * np.linalg.norm(F_ex[k])
+
+
+def test_fit_dataset_is_fit_scores_in_one_call():
+  K = 4
+  _, data = make_data(K=K, n=3000)
+  cap = fit.round_capacity(fit.row_capacity(data.query, K))
+  for n in (3000, 1234):  # n traced in both: one compilation each
+    ref = fit_scores(data, K, cap, n)
+    got = fit.fit_dataset(data, K, None if n == 3000 else n)
+    np.testing.assert_allclose(got.A_hat, ref.A_hat, atol=1e-6)
+    assert int(got.dropped) == 0
+  batch = jax.tree.map(lambda *v: jnp.stack(v), data, make_data(K=K, n=3000, seed=1)[1])
+  both = fit.fit_dataset(batch, K, 2000)
+  np.testing.assert_allclose(both.A_hat[0], fit.fit_dataset(data, K, 2000).A_hat, atol=1e-6)
+  for bad, match in [(dict(K=5), 'K=5'), (dict(K=K, n=0), 'n=0'), (dict(K=K, n=3001), 'n=3001')]:
+    with pytest.raises(ValueError, match=match):
+      fit.fit_dataset(data, **bad)
+
+
+def test_a_P_where_scores_are_expected_is_refused():
+  """The issue's example: p_error(A_hat, P) used to return 0.63 silently instead of the error."""
+  K = 4
+  A, data = make_data(K=K, n=3000)
+  P = jax.nn.softmax(A, -1)
+  A_hat = fit.fit_dataset(data, K).A_hat
+  good = float(fit.p_error(A_hat, A))
+  assert good < 0.05
+  np.testing.assert_allclose(float(fit.p_error(A_hat, P_true=P)), good, rtol=1e-6)
+  with pytest.raises(ValueError, match='A_true looks like a row-stochastic'):
+    fit.p_error(A_hat, P)
+  with pytest.raises(ValueError, match='A_hat looks like'):
+    fit.centered_w_error(jax.nn.softmax(A_hat, -1), A)
+  assert np.isnan(float(jax.jit(fit.p_error)(A_hat, P)))  # under jit: NaN, never a number
+  assert float(jax.jit(fit.p_error)(A_hat, A)) == pytest.approx(good, rel=1e-6)
+  with pytest.raises(ValueError, match='exactly one'):
+    fit.p_error(A_hat)
+  fn = sampling.uniform_prompt(K, 5)
+  with pytest.raises(ValueError, match='log_P looks like'):
+    sampling.sample_next_tokens(jax.random.PRNGKey(0), P, jnp.zeros((3, 5), jnp.int32))
+  with pytest.raises(ValueError, match='A looks like'):
+    sampling.sample_dataset(jax.random.PRNGKey(0), P, 10, 5, fn)
+  # ... and scores or weights where the base chain P is expected.
+  with pytest.raises(ValueError, match='row-stochastic base chain'):
+    ccmc_jax.ccmc_next_token_probs(jnp.abs(A), jnp.array([0, 1, 1]))
+  assert bool(model_looks(P)) and not bool(model_looks(A)) and not bool(model_looks(A_hat))
