@@ -4,6 +4,7 @@ The only module of ``ccmc_jax`` that touches files; the model, samplers and fits
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import tempfile
 
+import jax
 import numpy as np
+import optax
 import pandas as pd
 
 FLOAT_FORMAT = '%.9g'  # float32 round-trips; identical bytes for identical numbers.
@@ -68,14 +71,22 @@ def read_csv(path, required=(), numeric=()):
   return df
 
 
+OUTPUT_DIRS = ('results', 'figures')  # tracked outputs: rewriting them does not make code dirty
+
+
+@functools.lru_cache(maxsize=None)
 def git_commit():
-  """The current git commit of the working tree ('unknown' outside git), '+dirty' if changed."""
+  """The git commit of the code ('unknown' outside git), '+dirty' if tracked files other than the
+  outputs (``results/``, ``figures/``) differ from it. Computed once per process (two ``git``
+  subprocesses), so the record is the state of the code when the run started."""
   here = os.path.dirname(os.path.abspath(__file__))
   try:
     run = lambda *a: subprocess.run(['git', *a], cwd=here, capture_output=True, text=True,
                                     timeout=10).stdout.strip()
     commit = run('rev-parse', 'HEAD') or 'unknown'
-    return commit + ('+dirty' if run('status', '--porcelain', '--untracked-files=no') else '')
+    exclude = [f':(top,exclude){d}' for d in OUTPUT_DIRS]
+    dirty = run('status', '--porcelain', '--untracked-files=no', '--', ':(top)', *exclude)
+    return commit + ('+dirty' if dirty else '')
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
 
@@ -92,16 +103,20 @@ def check_memory(flag, value, bytes_needed, error=ValueError, fraction=0.7):
                 f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
 
 
-def environment():
-  """Versions and machine facts for the metadata sidecar."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
+@functools.lru_cache(maxsize=None)
+def _environment():
   return {
       'python': sys.version.split()[0], 'jax': jax.__version__, 'optax': optax.__version__,
       'numpy': np.__version__, 'pandas': pd.__version__, 'backend': jax.default_backend(),
       'devices': [str(d) for d in jax.devices()], 'platform': platform.platform(),
       'git_commit': git_commit(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
+
+
+def environment():
+  """Versions and machine facts for the metadata sidecar (computed once per process: every
+  sidecar rewrite after the first costs no subprocess)."""
+  return dict(_environment())
 
 
 def write_meta(path, flags: dict, **extra):
