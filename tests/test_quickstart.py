@@ -29,7 +29,7 @@ def test_readme_quickstart_runs_and_its_numbers_make_sense():
   err = float(re.search(r'\|\|P_hat - P\|\|_F\^2 = (\S+)', out.getvalue()).group(1))
   # The asymptotic error is ~K^2/n (docs/theory.md Sec. 4); a wrong fit is off by orders.
   assert 0.1 * K ** 2 / n < err < 5 * K ** 2 / n, err
-  assert int(ns['fit'].dropped) == 0
+  assert int(ns['res'].dropped) == 0
   freqs = np.asarray(ns['traj'].freqs)
   assert freqs.shape == (2000, K)
   np.testing.assert_allclose(freqs.sum(1), 1, rtol=1e-5)
