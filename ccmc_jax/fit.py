@@ -417,6 +417,14 @@ def fit_scores_optax(data: Dataset, K, capacity, n=None, ridge=1e-6, solver='lbf
   return FitResult(A - A.mean(axis=1, keepdims=True), jnp.int32(steps), dropped)
 
 
+def _check_same_square_shape(A_hat, truth):
+  """Shapes are static, so this raises under ``jit`` too: both (..., K, K), the same K."""
+  a, b = jnp.shape(A_hat), jnp.shape(truth)
+  if len(a) < 2 or a[-1] != a[-2] or a[-2:] != b[-2:]:
+    raise ValueError(f'the estimate and the truth must both be (..., K, K) with the same K; '
+                     f'got shapes {a} and {b}')
+
+
 def p_error(A_hat, A_true=None, *, P_true=None):
   """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (always finite).
 
@@ -435,6 +443,7 @@ def p_error(A_hat, A_true=None, *, P_true=None):
   """
   if (A_true is None) == (P_true is None):
     raise ValueError('p_error needs exactly one of A_true (scores) or P_true= (probabilities)')
+  _check_same_square_shape(A_hat, P_true if A_true is None else A_true)
   model.check_scores(A_hat, 'A_hat')
   bad = model.looks_stochastic(A_hat)
   if A_true is not None:
@@ -450,6 +459,7 @@ def centered_w_error(A_hat, A_true):
 
   Both are scores ``A = W^T``; a row-stochastic argument is refused as in :func:`p_error`.
   """
+  _check_same_square_shape(A_hat, A_true)
   model.check_scores(A_hat, 'A_hat')
   model.check_scores(A_true, 'A_true')
   c = lambda A: A - A.mean(axis=-1, keepdims=True)

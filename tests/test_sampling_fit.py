@@ -298,6 +298,8 @@ def test_a_P_where_scores_are_expected_is_refused():
   assert float(jax.jit(fit.p_error)(A_hat, A)) == pytest.approx(good, rel=1e-6)
   with pytest.raises(ValueError, match='exactly one'):
     fit.p_error(A_hat)
+  with pytest.raises(ValueError, match='same K'):
+    jax.jit(fit.p_error)(A_hat, A[:3, :3])
   fn = sampling.uniform_prompt(K, 5)
   with pytest.raises(ValueError, match='log_P looks like'):
     sampling.sample_next_tokens(jax.random.PRNGKey(0), P, jnp.zeros((3, 5), jnp.int32))
