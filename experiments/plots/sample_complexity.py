@@ -42,12 +42,12 @@ def plot(csv_path):
     axes[1].plot(n, predicted * n / K ** 2, '--', color=color, lw=1)
   for ax in axes[:2]:
     ax.plot([], [], 'k--', lw=1, label='MLE asymptotics (Fisher information)')
-  axes[0].plot([], [], ':', color='gray', label=f'{c:.2g} K²/n (median of error·n/K²)')
+  axes[0].plot([], [], ':', color='gray', label=f'{c:.2f} K²/n (median of error·n/K²)')
   axes[0].set(xscale='log', yscale='log', xlabel='n (IID prompts)', ylabel=ERROR,
               title=f'(a) sample complexity, L={L0}: {style.BAND}')
   spread = main.groupby(['K', 'n'])['normalised'].mean()
   axes[1].set(xscale='log', xlabel='n (IID prompts)', ylabel=ERROR + r'$\cdot\, n / K^2$',
-              ylim=(0, None),
+              ylim=(0, 1.35 * axes[1].get_ylim()[1]),  # room for the legend above the bands
               title=f'(b) K²-normalised: means within {spread.min():.2g}–{spread.max():.2g} '
                     f'for every K, n\n(error ∝ K²/n up to this factor)')
   for color, L in zip(plt.cm.plasma(np.linspace(0, 0.85, max(len(Ls), 1))), Ls):
@@ -61,6 +61,6 @@ def plot(csv_path):
                 title=f'(c) prompt length, K={K_L}: {style.BAND}')
   for ax in axes:
     ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, **({'loc': 'upper center', 'ncol': 2} if ax is axes[1] else {}))
   fig.tight_layout()
   return fig
