@@ -45,13 +45,16 @@ def test_sample_complexity_stages_equal_a_loop_over_trials_and_compile_once_per_
   keys = sc.keys(0, SC, 3)
   _, data, mc = sc.generate(SC, keys)
   cols = {n: c for n, c in sc.run_setting(SC, keys)}
-  run_trial = jax.jit(sc.make_run_trial(SC, sc.capacity(data.query, SC.K),
+  # The reference fits only the largest n (same n_max, so the same data): one Newton loop to
+  # compile instead of one per n.
+  run_trial = jax.jit(sc.make_run_trial(SC._replace(ns=(300,)), sc.capacity(data.query, SC.K),
                                         sc.capacity(mc.query, SC.K)))
-  loop = stack([run_trial(k) for k in keys])  # (trials, len(ns))
-  for j, n in enumerate(SC.ns):
-    for name in ('error', 'error_W', 'predicted_error'):
-      np.testing.assert_allclose(cols[n][name], loop[name][:, j], rtol=2e-5, err_msg=name)
-    np.testing.assert_array_equal(cols[n]['newton_iters'], loop['newton_iters'][:, j])
+  loop = stack([run_trial(k) for k in keys])  # (trials, 1)
+  for name in ('error', 'error_W', 'predicted_error'):
+    np.testing.assert_allclose(cols[300][name], loop[name][:, 0], rtol=2e-5, err_msg=name)
+  np.testing.assert_array_equal(cols[300]['newton_iters'], loop['newton_iters'][:, 0])
+  np.testing.assert_allclose(cols[100]['predicted_error'], 3 * cols[300]['predicted_error'],
+                             rtol=1e-6)  # the asymptotic prediction is (1/n) x the n = 1 value
   assert (cols[300]['error'] > 0).all() and cols[300]['error'].mean() < cols[100]['error'].mean()
   # The sweep (with look-ahead) gives the same numbers; one compilation per K of each stage,
   # none per n; the uniforms do not depend on K.
@@ -138,11 +141,11 @@ FIT = pe.FitSetting(K=3, L=4, ns=(200, 600))
 def test_positional_equivalence_cell_equals_a_loop_and_is_exact():
   keys = pe.eq_keys(0, 3, 4, 3)
   out = pe.run_eq_cell(3, 4, (False, True), EQ, keys)
-  run_trial = jax.jit(pe.make_run_eq_trial(3, 4, (False, True), EQ))
+  run_trial = jax.jit(pe.make_run_eq_trial(3, 4, (True,), EQ))  # the cross-attention half
   loop = stack([run_trial(k) for k in keys])
   for name in ('max_abs_diff', 'mean_abs_diff'):
     assert out[name].shape == (3, 2, len(pe.ROUTES))
-    np.testing.assert_allclose(out[name], loop[name], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(out[name][:, 1:], loop[name], rtol=1e-5, atol=1e-8)
   assert float(out['max_abs_diff'].max()) < 1e-5
   cols = pe.eq_columns(3, 4, (False, True), out, 0, EQ.prompts)
   assert len(cols['trial']) == 3 * 2 * 3 and set(cols['route']) == set(pe.ROUTES)
@@ -159,7 +162,12 @@ def test_positional_fit_equals_a_loop_and_rows(tmp_path):
   assert not out['invalid'].any()
   np.testing.assert_allclose(out['w_true'].sum(-1), 1, rtol=1e-6)
   rows, wrows = pe.fit_columns(FIT, out, 0)
+  assert list(rows) == ['K', 'L', 'cross', 'n', 'trial', 'metric', 'seed', 'error',
+                        'newton_iters', 'invalid']
+  assert list(wrows) == ['K', 'L', 'cross', 'n', 'trial', 'position', 'seed', 'w_true', 'w_hat']
   assert len(rows['trial']) == 2 * 2 * 2 and len(wrows['trial']) == 2 * 2 * 4
+  np.testing.assert_allclose(pd.DataFrame(wrows).groupby(['n', 'trial'])['w_hat'].sum(), 1,
+                             rtol=1e-5)
   # The figure from these rows and a synthetic equivalence table.
   eq = pe.eq_columns(3, 4, (False, True), pe.run_eq_cell(3, 4, (False, True), EQ,
                                                          pe.eq_keys(0, 3, 4, 2)), 0, EQ.prompts)
