@@ -7,6 +7,7 @@ from absl import flags
 from absl.testing import flagsaver
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,7 +76,6 @@ def test_save_writes_png_and_pdf_atomically(tmp_path):
   ax.plot([0, 1], [0, 1])
   paths = style.save(fig, str(tmp_path), 'f')
   assert sorted(os.listdir(tmp_path)) == ['f.pdf', 'f.png']  # no temporary left
-  import matplotlib.image  # pylint: disable=import-outside-toplevel
   h, w = matplotlib.image.imread(paths[0]).shape[:2]
   assert 100 < w < 400 and 50 < h < 250  # 2 x 1 inches at 150 dpi, tight box
 
