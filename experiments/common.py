@@ -298,8 +298,15 @@ def setup_jax(use_cache=True):
   xla_flags = os.environ.get('XLA_FLAGS', '')
   if 'xla_backend_optimization_level' not in xla_flags:
     os.environ['XLA_FLAGS'] = f'{xla_flags} {XLA_OPT_LEVEL}'.strip()
+  if use_cache:
+    enable_compilation_cache()
+
+
+def enable_compilation_cache():
+  """JAX's persistent compilation cache in CCMC_JAX_CACHE (default ~/.cache/ccmc_jax/xla;
+  empty disables): reruns skip XLA compilation. Caching never changes the numbers."""
   cache = os.environ.get('CCMC_JAX_CACHE', os.path.expanduser('~/.cache/ccmc_jax/xla'))
-  if cache and use_cache:
+  if cache:
     jax.config.update('jax_compilation_cache_dir', cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 

@@ -12,9 +12,13 @@ from ccmc_jax import sampling
 from ccmc_jax.trials import attention_equivalence as ae
 from ccmc_jax.trials import ccmc_example as example
 from ccmc_jax.trials import self_vs_cross as svc
+from experiments import common
 from experiments.plots import attention_equivalence as ae_plots
 from experiments.plots import self_vs_cross as svc_plots
 from experiments.plots import style
+
+# As the experiments do: compiled programs are reused across runs (never changes a number).
+common.enable_compilation_cache()
 
 
 def difference_matrix(X, k, K, cross):

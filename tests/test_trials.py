@@ -15,10 +15,14 @@ from ccmc_jax import model
 from ccmc_jax.trials import ccmc_example as example
 from ccmc_jax.trials import positional_encoding as pe
 from ccmc_jax.trials import sample_complexity as sc
+from experiments import common
 from experiments.plots import ccmc_example as example_plots
 from experiments.plots import positional_encoding as pe_plots
 from experiments.plots import sample_complexity as sc_plots
 from experiments.plots import style
+
+# As the experiments do: compiled programs are reused across runs (never changes a number).
+common.enable_compilation_cache()
 
 
 def stack(rows):
