@@ -199,3 +199,38 @@ def test_help_explains_the_flags(module):
   assert r.returncode == 0
   for flag in ('--seed', '--[no]quick', '--[no]resume', '--[no]plot_only', '--results_dir'):
     assert flag in r.stdout, flag
+
+
+FIGURE_SCRIPTS = ['ccmc_example', 'attention_equivalence', 'sample_complexity', 'self_vs_cross',
+                  'positional_encoding']
+
+
+def docstring_example(name):
+  """The flags of the ``python -m experiments.<name> ...`` example in the script's docstring."""
+  with open(os.path.join(ROOT, 'experiments', f'{name}.py')) as f:
+    source = f.read()
+  line, = [l for l in source.splitlines() if l.strip().startswith(f'python -m experiments.{name}')]
+  return source, line.split()[3:]
+
+
+@pytest.mark.parametrize('name', FIGURE_SCRIPTS)
+def test_docstring_example_names_real_flags(name):
+  source, args = docstring_example(name)
+  assert args, name
+  for arg in args:
+    flag, _, value = arg[2:].partition('=')
+    assert arg.startswith('--') and value and '...' not in value, arg  # e.g. --n=1000,...,1e5
+    assert f"'{flag}'" in source, f'{name}: --{flag} is not one of its flags'
+
+
+def test_self_vs_cross_docstring_example_passes_validation(tmp_path):
+  # Every flag of the example is checked before --results_dir, which is made unwritable here:
+  # the one error is then about --results_dir, so the example itself is valid.
+  _, args = docstring_example('self_vs_cross')
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a folder')
+  r = subprocess.run([sys.executable, '-m', 'experiments.self_vs_cross', *args,
+                      f'--results_dir={blocker}/results', f'--figures_dir={tmp_path}/fig'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert r.returncode == 2 and r.stderr.startswith('error: --results_dir='), r.stderr

@@ -1,7 +1,8 @@
 """No recompilation per trial or per n: each jitted sweep cell compiles once per shape (K).
 
 Counted from JAX's own compile log (JAX_LOG_COMPILES=1) of real experiment runs, with the
-persistent compilation cache off so that every compilation is logged.
+persistent compilation cache off so that every compilation is logged. (The sample-complexity
+stages are counted in process: tests/test_trials.py.)
 """
 import re
 
@@ -19,11 +20,6 @@ def compilations(stderr):
 
 
 @pytest.mark.parametrize('module, args, expected', [
-    # 2 values of K, 3 of n, 4 trials: one compilation per K of each stage, none per n or trial;
-    # the uniforms do not depend on K: one compilation for the whole sweep.
-    ('experiments.sample_complexity', ['--quick'],
-     {'uniform_trials': 1, 'sample_trials': 2, 'group_trials': 2, 'theory_trials': 2,
-      'fit_cell': 2}),
     # 2 variants x (the traced trajectory, the 10-seed sweep): 4, none per seed.
     ('experiments.collapse', ['--T=300', '--seeds=10'], {'run': 4}),
 ])

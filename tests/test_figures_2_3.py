@@ -1,18 +1,24 @@
 """Figures 2 and 3: co-occurrence graphs and identifiability (Thm 3.4) against a brute-force rank
-reference, and the two experiments as a user runs them (quick smoke runs and bad inputs)."""
-import json
-
+reference, and the two experiments' trials (batched == a per-trial loop) and figures, in process."""
+import jax
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_module
-
 from ccmc_jax import identifiability
+from ccmc_jax import io
+from ccmc_jax import sampling
+from ccmc_jax.trials import attention_equivalence as ae
+from ccmc_jax.trials import ccmc_example as example
+from ccmc_jax.trials import self_vs_cross as svc
+from experiments import common
+from experiments.plots import attention_equivalence as ae_plots
+from experiments.plots import self_vs_cross as svc_plots
+from experiments.plots import style
 
-
-
-run = run_module
+# As the experiments do: compiled programs are reused across runs (never changes a number).
+common.enable_compilation_cache()
 
 
 def difference_matrix(X, k, K, cross):
@@ -122,8 +128,6 @@ def test_bad_inputs_raise(args, match):
 
 
 def test_two_group_prompts_disconnect_cross_attention_only():
-  import jax  # pylint: disable=import-outside-toplevel
-  from ccmc_jax import sampling  # pylint: disable=import-outside-toplevel
   K, L = 6, 4
   X = np.asarray(sampling.sample_prompts(jax.random.PRNGKey(0), 2000, L,
                                          sampling.two_group_prompt(K, L)))
@@ -137,47 +141,108 @@ def test_two_group_prompts_disconnect_cross_attention_only():
     assert not ident
 
 
-# --- experiments (subprocesses: each costs a JAX import) ---
+# --- the experiments' trials and figures, in process ---
 
 
-def test_attention_equivalence_quick(tmp_path):
-  r = run('experiments.attention_equivalence', '--quick', tmp=tmp_path)
-  assert r.returncode == 0, r.stderr
-  df = pd.read_csv(tmp_path / 'results' / 'attention_equivalence.csv')
-  for c in ('K', 'L', 'cross', 'trial', 'seed', 'prompts', 'count', 'max_abs_diff',
-            'mean_abs_diff', 'max_sum_error'):
-    assert c in df.columns, c
-  # --quick: K in {3, 10}, L in {1, 10}; cross-attention skips L = 1; 8 trials per cell.
-  assert len(df) == (4 + 2) * 8
-  with open(tmp_path / 'results' / 'attention_equivalence.meta.json') as f:
-    meta = json.load(f)
-  assert meta['status'] == 'complete' and meta['max_abs_diff'] <= 1e-5 and meta['passed']
-  assert df['max_abs_diff'].max() <= 1e-5
-  for ext in ('png', 'pdf'):
-    assert (tmp_path / 'figures' / f'attention_equivalence.{ext}').stat().st_size > 0
+def stack(rows):
+  return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
-def test_self_vs_cross_quick(tmp_path):
-  r = run('experiments.self_vs_cross', '--quick', tmp=tmp_path)
-  assert r.returncode == 0, r.stderr
-  df = pd.read_csv(tmp_path / 'results' / 'self_vs_cross.csv')
-  for c in ('attention', 'K', 'L', 'n', 'trial', 'seed', 'error', 'identifiable_rows',
-            'predicted_floor'):
-    assert c in df.columns, c
-  assert len(df) == 2 * 3 * 4  # attentions x quick n grid x quick trials
-  K = int(df['K'].iloc[0])
-  assert (df[df['attention'] == 'self']['identifiable_rows'] == K).all()
-  assert (df[df['attention'] == 'cross']['identifiable_rows'] == 0).all()
-  assert (df[df['attention'] == 'self']['predicted_floor'] == 0).all()
-  assert (df[df['attention'] == 'cross']['predicted_floor'] > 0.01).all()
-  with open(tmp_path / 'results' / 'self_vs_cross.meta.json') as f:
-    meta = json.load(f)
-  assert meta['status'] == 'complete' and meta['self_slope'] < -0.6
-  # Even at n = 3000 the cross error (a plateau near 0.2) is several times the self error.
-  assert meta['cross_self_ratio_at_max_n'] > 4
-  graph = pd.read_csv(tmp_path / 'results' / 'self_vs_cross_graph.csv')
+def png_width_height(fig, tmp_path, name):
+  png, _ = style.save(fig, str(tmp_path), name)
+  return matplotlib.image.imread(png).shape[1::-1]
+
+
+def test_attention_equivalence_cell_equals_a_loop_and_its_figure(tmp_path):
+  assert ae.cells(['3'], ['1', '4'], ['self', 'cross']) == [
+      (3, 1, False), (3, 4, False), (3, 4, True)]  # cross-attention needs L >= 2
+  sweep = ae.Sweep(K_max=4, L_max=5, prompts=6)
+  cell = ae.Cell(3, 4, True)
+  keys = ae.keys(0, cell, 3)
+  out = {k: np.asarray(v) for k, v in ae.run_cell(cell, sweep, keys).items()}
+  loop = stack([jax.jit(ae.make_run_trial(cell, sweep))(k) for k in keys])
+  for name in ae.COLUMNS:
+    # float32 rounding: the differences themselves are ~1e-8, the probabilities ~1e-1.
+    np.testing.assert_allclose(out[name], loop[name], rtol=1e-6, atol=3e-7, err_msg=name)
+  assert out['max_abs_diff'].max() <= 1e-5 and out['max_sum_error'].max() <= 1e-5
+  assert out['attention'].shape == (3, 3)
+  np.testing.assert_allclose(out['attention'].sum(-1), 1, rtol=1e-5)
+  # A cell of 3 trials x 6 prompts, as the experiment writes it; the summary and the figure.
+  df = pd.DataFrame({'K': 3, 'L': 4, 'cross': 1, 'trial': np.arange(3), 'seed': 0, 'prompts': 6,
+                     'count': 18, **{k: out[k] for k in ae.COLUMNS[:3]}})
+  worst, pairs, per_cell = ae.summary(df)
+  assert worst == out['max_abs_diff'].max() and pairs == 18 and len(per_cell) == 1
+  pts = pd.DataFrame({'K': 3, 'L': 4, 'cross': 1, 'trial': np.repeat(np.arange(3), 3),
+                      'token': np.tile(np.arange(3), 3), 'attention': out['attention'].ravel(),
+                      'ccmc': out['ccmc'].ravel()})
+  W = np.array([float(v) for v in example.DEFAULT_W]).reshape(3, 3)
+  q = example.example_quantities(W, np.array([0, 1, 0]))
+  ex = pd.DataFrame(example.to_columns(q, tuple(example.QUANTITIES)))
+  paths = [str(tmp_path / f'{n}.csv') for n in ('ae', 'ae_points', 'ae_example')]
+  for frame, path in zip((df, pts, ex), paths):
+    io.write_csv(frame, path)
+  fig = ae_plots.plot(*paths)
+  assert len(fig.axes) == 8
+  legend = fig.axes[2].get_legend()  # panel (c): a short proxy line, not the wide marker
+  assert [t.get_text() for t in legend.get_texts()] == [r'CCMC $\pi^X_k$ (panels f-g)']
+  assert legend.get_lines()[0].get_marker() in ('None', '', None)
+  assert 'tolerance 1e-05' in [t.get_text() for t in fig.axes[7].get_legend().get_texts()]
+  w, h = png_width_height(fig, tmp_path, 'ae')
+  assert 2600 < w < 3400 and 1100 < h < 1500
+
+
+def test_self_vs_cross_trials_equal_a_loop_and_identifiability():
+  setting = svc.Setting(K=4, L=5, ns=(200, 400))
+  keys = svc.keys(0, setting, 2)
+  out = dict(svc.run_setting(setting, keys))
+  assert (out[400]['self']['identifiable_rows'] == 4).all()
+  assert (out[400]['cross']['identifiable_rows'] == 0).all()  # two groups: never connected
+  assert (out[400]['self']['predicted_floor'] == 0).all()
+  assert (out[400]['cross']['predicted_floor'] > 0.01).all()
+  _, _, data = svc.generate(setting, keys)
+  run_trial = jax.jit(svc.make_run_trial(setting._replace(ns=(400,)), svc.capacity(data, 4)))
+  loop = stack([run_trial(k) for k in keys])  # (trials, 1, attentions)
+  for a, attention in enumerate(svc.ATTENTIONS):
+    np.testing.assert_allclose(out[400][attention]['error'], loop['error'][:, 0, a], rtol=1e-5)
+  # Cross-attention plateaus: at n = 400 already several times the self-attention error.
+  assert out[400]['cross']['error'].mean() > 2 * out[400]['self']['error'].mean()
+
+
+def svc_frame():
+  """Synthetic results: self error 1/n, cross error 0.2 + 1/n; 2 trials."""
+  rows = []
+  for attention in svc.ATTENTIONS:
+    for n in (100, 1000, 10000):
+      for t in range(2):
+        e = (1 / n if attention == 'self' else 0.2 + 1 / n) * (1 + 0.1 * t)
+        rows.append(dict(attention=attention, K=6, L=6, n=n, trial=t, seed=0, error=e,
+                         identifiable_rows=6 if attention == 'self' else 0,
+                         predicted_floor=0.0 if attention == 'self' else 0.21, newton_iters=5))
+  return pd.DataFrame(rows)
+
+
+def test_self_vs_cross_summary_graph_and_figure(tmp_path):
+  df = svc_frame()
+  stats = svc.summary(df)
+  assert stats['self_slope'] == pytest.approx(-1.0)
+  assert stats['cross_self_ratio_at_max_n'] == pytest.approx(0.2001 / 0.0001)
+  assert stats['cross_predicted_floor_at_max_n'] == pytest.approx(0.21)
+  prompts = np.array([[1, 2, 3, 0], [3, 1, 1, 0], [4, 5, 4, 0], [5, 5, 4, 0], [2, 4, 5, 1]])
+  graph = pd.DataFrame(svc.graph_columns(prompts, 0))
   ident = graph.groupby('attention')['identifiable'].first()
   assert ident['self'] == 1 and ident['cross'] == 0
   assert set(graph['kind']) == {'prompt', 'node', 'edge'}
-  for ext in ('png', 'pdf'):
-    assert (tmp_path / 'figures' / f'self_vs_cross.{ext}').stat().st_size > 0
+  nodes = graph[(graph['kind'] == 'node') & (graph['attention'] == 'cross')]
+  assert nodes['component'].tolist() == [-1, 0, 0, 0, 1, 1]  # {1,2,3}, {4,5}; 0 never a key
+  paths = [str(tmp_path / 'svc.csv'), str(tmp_path / 'svc_graph.csv')]
+  io.write_csv(df, paths[0])
+  io.write_csv(graph, paths[1])
+  fig = svc_plots.plot(*paths)
+  assert len(fig.axes) == 3
+  texts = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+  assert texts[0] == 'self: slope -1.00; identifiable rows 6/6', texts
+  title = fig._suptitle.get_text()  # pylint: disable=protected-access
+  assert 'length L = 4' in title and 'length L = 6' in title  # both prompt lengths stated
+  assert 'sd' in fig.axes[2].get_title()
+  w, h = png_width_height(fig, tmp_path, 'svc')
+  assert 2000 < w < 2600 and 750 < h < 1000

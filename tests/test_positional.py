@@ -1,13 +1,10 @@
 """Positional encoding (paper Definition 2.4 / Lemma 2.5): the position-weighted CCMC against a
-literal NumPy attention loop, its gauge, the joint MLE, and the experiment's command line."""
-import os
+literal NumPy attention loop, its gauge and the joint MLE (the experiment's trials and figure:
+test_trials.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
-
-from conftest import run_module
 
 from ccmc_jax import fit, model, positional, sampling
 
@@ -146,27 +143,3 @@ def test_fit_recovers_P_and_normalised_w_and_n_is_a_prefix():
   np.testing.assert_allclose(jax.nn.softmax(got.A_hat), jax.nn.softmax(ref.A_hat), atol=1e-4)
   np.testing.assert_allclose(positional.normalized_weights(got.b_hat),
                              positional.normalized_weights(ref.b_hat), atol=1e-4)
-
-
-def run(*args, tmp):
-  return run_module('experiments.positional_encoding', *args, tmp=tmp)
-
-
-def test_quick_smoke(tmp_path):
-  r = run('--quick', tmp=tmp_path)
-  assert r.returncode == 0, r.stderr
-  res = pd.read_csv(tmp_path / 'results' / 'positional_encoding.csv')
-  assert list(res.columns) == ['K', 'L', 'cross', 'n', 'trial', 'metric', 'seed', 'error',
-                               'newton_iters', 'invalid']
-  assert len(res) == 3 * 3 * 2  # n values x trials x metrics
-  assert set(res['metric']) == {'P_error', 'w_error'} and (res['error'] >= 0).all()
-  w = pd.read_csv(tmp_path / 'results' / 'positional_encoding_weights.csv')
-  assert len(w) == 3 * 3 * 4  # n values x trials x positions (K=3, L=4 self-attention)
-  np.testing.assert_allclose(w.groupby(['n', 'trial'])['w_hat'].sum(), 1, rtol=1e-5)
-  eq = pd.read_csv(tmp_path / 'results' / 'positional_encoding_equivalence.csv')
-  assert list(eq.columns) == ['K', 'L', 'cross', 'route', 'trial', 'seed', 'prompts',
-                              'max_abs_diff', 'mean_abs_diff']
-  assert len(eq) == 2 * 2 * 3 * 10  # L values x attention kinds x routes x draws
-  assert eq['max_abs_diff'].max() <= 1e-5
-  for ext in ('png', 'pdf'):
-    assert os.path.getsize(tmp_path / 'figures' / f'positional_encoding.{ext}') > 1000
