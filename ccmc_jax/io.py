@@ -17,7 +17,12 @@ import pandas as pd
 FLOAT_FORMAT = '%.9g'  # float32 round-trips; identical bytes for identical numbers.
 
 
-class ResultsError(ValueError):
+class UserError(ValueError):
+  """Base of every user-facing error (bad flag, unusable results file, bad model folder):
+  ``experiments.common.run`` prints it as one line and exits 2, without a traceback."""
+
+
+class ResultsError(UserError):
   """A results CSV that cannot be used (missing, malformed, wrong columns)."""
 
 

@@ -10,12 +10,9 @@ appends x_{t+1} ~ pi^{X_t}. Variant `random`: P = softmax(A), A ~ N(0, scale^2);
                               winners (tokens above --winner_threshold)
   figures/collapse.{png,pdf}
 
-Optional paper Fig. 5 (left): with --hf_model_dir=<local Hugging Face GPT-2 folder> GPT-2
-greedily decodes --gpt2_prompt and its token repetition is drawn (results/collapse_gpt2.csv,
-figures/collapse_gpt2.{png,pdf}). Nothing is downloaded; without the flag the panel is skipped.
+The GPT-2 panel of paper Fig. 5 (left) is experiments.gpt2_repetition.
 
   python -m experiments.collapse --K=6 --T=5000 --seeds=200
-  python -m experiments.collapse --hf_model_dir=~/models/gpt2 --gpt2_steps=200
 """
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ import time
 from absl import flags
 import numpy as np
 
-from ccmc_jax import gpt2
 from experiments import common
 
 flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
@@ -45,27 +41,13 @@ _THRESH = flags.DEFINE_float('winner_threshold', 0.1,
 _P_FILE = flags.DEFINE_string('P_file', None, 'Optional K x K row-stochastic P (.npy or .csv) '
                               'used for the plotted trajectories instead of a random one.')
 _SNAPSHOTS = flags.DEFINE_integer('window_snapshots', 6, 'Number of 10-token windows drawn.')
-_HF_DIR = flags.DEFINE_string(
-    gpt2.MODEL_FLAG, '', 'Local Hugging Face GPT-2 folder (config.json, model.safetensors, '
-    'vocab.json, merges.txt) for the paper Fig. 5 (left) panel; empty: skip it. No download.')
-_GPT2_PROMPT = flags.DEFINE_string(gpt2.PROMPT_FLAG, gpt2.DEFAULT_PROMPT,
-                                   'Text prompt GPT-2 continues greedily.')
-_GPT2_IDS = flags.DEFINE_list(gpt2.PROMPT_IDS_FLAG, [],
-                              'The prompt as token ids instead (for folders without a tokenizer).')
-_GPT2_STEPS = flags.DEFINE_integer(gpt2.STEPS_FLAG, 200, 'Tokens GPT-2 generates, >= 1.')
-_GPT2_NGRAM = flags.DEFINE_integer('gpt2_ngram', 4,
-                                   'A generated token is a repetition when the n-gram ending at '
-                                   'it occurred earlier; n >= 1.')
-
 NAME = 'collapse'
 SEEDS_NAME = 'collapse_seeds'
-GPT2_NAME = 'collapse_gpt2'
 KEYS = ['variant', 'seed', 't', 'token']
 SEED_KEYS = ['variant', 'seed']
 VARIANTS = ('random', 'zero_diag')
 FLAG_NAMES = ['K', 'T', 'scale', 'seeds', 'variants', 'X0', 'window', 'winner_threshold',
               'P_file']
-GPT2_FLAG_NAMES = ['hf_model_dir', 'gpt2_prompt', 'gpt2_prompt_ids', 'gpt2_steps', 'gpt2_ngram']
 
 
 def apply_quick():
@@ -108,11 +90,7 @@ def validate():
   common.check_memory('T', _T.value, 4 * 2 * _T.value * _K.value * 3)
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
-  gpt2_ids = None
-  if _HF_DIR.value:
-    gpt2_ids = gpt2.validate_flags(os.path.expanduser(_HF_DIR.value), _GPT2_PROMPT.value,
-                                         _GPT2_IDS.value, _GPT2_STEPS.value, _GPT2_NGRAM.value)
-  return (load_P(_P_FILE.value, _K.value) if _P_FILE.value else None), gpt2_ids
+  return load_P(_P_FILE.value, _K.value) if _P_FILE.value else None
 
 
 def variant_log_P(A, variant):
@@ -245,36 +223,10 @@ def plot(csv_path, seeds_path):
   return common.save_figure(fig, NAME)
 
 
-def run_gpt2(prompt_ids):
-  """Paper Fig. 5 (left): greedy GPT-2 decoding from the local folder, one row per token."""
-  model = gpt2.load_gpt2(os.path.expanduser(_HF_DIR.value))
-  results = common.Results(GPT2_NAME, ['step'], common.flag_values(GPT2_FLAG_NAMES))
-  start = time.time()
-  results.add(gpt2.generation_frame(model, prompt_ids, _GPT2_STEPS.value,
-                                          _GPT2_NGRAM.value))
-  results.finish()
-  common.progress(f'{NAME}: GPT-2 generated {_GPT2_STEPS.value} tokens; wrote {results.path}',
-                  start)
-
-
-def plot_gpt2(csv_path):
-  """The GPT-2 repetition panel and its running repetition fraction, from the CSV only."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  frame = gpt2.read_frame(csv_path)
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={'width_ratios': [1.6, 1]})
-  gpt2.repetition_panel(ax, frame)
-  gpt2.repetition_curve(ax2, frame)
-  fig.suptitle('Paper Fig. 5 (left): a real transformer collapses into repetition')
-  fig.tight_layout()
-  return common.save_figure(fig, GPT2_NAME)
-
-
 def main(_):
-  csv, seeds_csv, gpt2_csv = common.csv_paths(NAME, SEEDS_NAME, GPT2_NAME)
+  csv, seeds_csv = common.csv_paths(NAME, SEEDS_NAME)
   if not flags.FLAGS.plot_only:
-    (P_given, gpt2_ids), flag_dict = common.start(validate, FLAG_NAMES)
+    P_given, flag_dict = common.start(validate, FLAG_NAMES)
     traj = common.Results(NAME, KEYS, flag_dict, flags.FLAGS.resume)
     sweep = common.Results(SEEDS_NAME, SEED_KEYS, flag_dict, flags.FLAGS.resume)
     run_trajectories(traj, P_given)
@@ -282,14 +234,7 @@ def main(_):
     traj.finish()
     wall = sweep.finish()
     common.progress(f'{NAME}: wrote {traj.path} and {sweep.path} in {wall:.1f} s')
-    if gpt2_ids is not None:
-      run_gpt2(gpt2_ids)
-    else:
-      common.progress(f'{NAME}: GPT-2 panel (paper Fig. 5 left) skipped: no --hf_model_dir '
-                      f'(a local Hugging Face GPT-2 folder; nothing is downloaded)')
   paths = plot(csv, seeds_csv)
-  if _HF_DIR.value or (flags.FLAGS.plot_only and os.path.isfile(gpt2_csv)):
-    paths += plot_gpt2(gpt2_csv)
   common.progress(f'{NAME}: wrote {", ".join(paths)}')
 
 

@@ -19,7 +19,6 @@ from absl import logging
 import jax
 import pandas as pd
 
-from ccmc_jax import gpt2
 from ccmc_jax import io
 from experiments.plots import style
 
@@ -312,7 +311,7 @@ def run(entry, quick=None):
         main(entry)
       else:
         entry(argv)
-    except (FlagError, io.ResultsError, gpt2.GPT2Error) as e:
+    except (FlagError, io.UserError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
