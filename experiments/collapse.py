@@ -101,7 +101,7 @@ def run(P_given, results):
                  'K': _K.value, 'T': _T.value, **cols})
       common.progress(f'{NAME}: {variant}: {_SEEDS.value} seeds, mean top-1 share '
                       f'{cols["top1"].mean():.3f}, top-2 {cols["top2"].mean():.3f}', sweep.start)
-  index = trials.sweep_summary(sweep.frame)[variants[0]]['example_seed']
+  index = trials.sweep_summary(sweep.frame)[variants[0]]['median_seed']
   A = None
   if P_given is not None:
     with np.errstate(divide='ignore'):
@@ -117,7 +117,8 @@ def run(P_given, results):
 SPEC = common.Spec(
     name=NAME, flag_names=FLAG_NAMES, validate=validate, run=run,
     tables=[common.Table(SEEDS_NAME, plots.SEED_KEYS, trials.sweep_summary),
-            common.Table(NAME, plots.KEYS)],
+            common.Table(NAME, plots.KEYS, lambda frame: {
+                'example_seed': int(frame['seed'].iloc[0]), 'example_rule': trials.EXAMPLE_RULE})],
     plot=lambda seeds_csv, csv: plots.plot(csv, seeds_csv, _SNAPSHOTS.value))
 
 if __name__ == '__main__':

@@ -70,24 +70,27 @@ def test_collapse_given_scores_and_prompt():
   assert not (np.asarray(no_self)[1:] == np.asarray(no_self)[:-1]).any()
 
 
-def test_example_seed_is_the_lower_median():
-  assert tcol.example_seed([0.9, 0.2, 0.5]) == 2
-  assert tcol.example_seed([0.4, 0.1, 0.9, 0.3]) == 3  # lower median of an even count
-  assert tcol.example_seed([0.5, 0.5, 0.5]) == 1  # ties: stable order
-  assert tcol.example_seed([0.7]) == 0
+def test_median_seed_is_the_lower_median():
+  assert tcol.median_seed([0.9, 0.2, 0.5]) == 2
+  assert tcol.median_seed([0.4, 0.1, 0.9, 0.3]) == 3  # lower median of an even count
+  assert tcol.median_seed([0.5, 0.5, 0.5]) == 1  # ties: stable order
+  assert tcol.median_seed([0.7]) == 0
   with pytest.raises(ValueError):
-    tcol.example_seed([])
+    tcol.median_seed([])
   frame = pd.DataFrame({'variant': ['random'] * 3 + ['zero_diag'] * 3, 'seed': [2, 0, 1] * 2,
                         'top1': [0.9, 0.2, 0.5, 0.3, 0.3, 0.4], 'top2': [1.0] * 6})
   s = tcol.sweep_summary(frame)
   # zero_diag by seed: 0.3, 0.4, 0.3: the lower median 0.3 of seeds 0 and 2 in stable order.
-  assert s['random']['example_seed'] == 1 and s['zero_diag']['example_seed'] == 2
+  assert s['random']['median_seed'] == 1 and s['zero_diag']['median_seed'] == 2
   np.testing.assert_allclose(s['random']['mean_top1'], 1.6 / 3)
 
 
-def collapse_csvs(tmp_path, K=4, T=30, n=5, index=2):
-  """Synthetic tables: a trajectory cycling through tokens 0, 1, 0, 2, ... and a sweep."""
+def collapse_csvs(tmp_path, K=4, T=30, n=5, index=None):
+  """Synthetic tables: a sweep and an example trajectory (of seed ``index``, default the
+  sweep's median seed) cycling through tokens 0, 1, 0, 2, ..."""
   rng = np.random.default_rng(0)
+  top1 = rng.uniform(0.3, 0.9, n)
+  index = tcol.median_seed(top1) if index is None else index
   tokens = np.array([0, 1, 0, 2] * T)[:T]
   counts = np.cumsum(np.eye(K)[tokens], axis=0) + 1  # X0 = one of each token
   freqs = counts / counts.sum(1, keepdims=True)
@@ -96,20 +99,19 @@ def collapse_csvs(tmp_path, K=4, T=30, n=5, index=2):
                                      'frequency': freqs.reshape(-1),
                                      'emitted': (tokens[t - 1] == token).astype(int)})
                        for v in tcol.VARIANTS])
-  top1 = rng.uniform(0.3, 0.9, n)
   sweep = pd.concat([pd.DataFrame({'variant': v, 'seed': range(n), 'K': K, 'T': T, 'top1': top1,
                                    'top2': np.minimum(top1 + 0.2, 1)}) for v in tcol.VARIANTS])
   paths = str(tmp_path / 'collapse.csv'), str(tmp_path / 'collapse_seeds.csv')
   io.write_csv(example, paths[0])
   io.write_csv(sweep, paths[1])
-  return paths, tcol.example_seed(top1)
+  return paths, index
 
 
 def test_collapse_figure_shows_the_median_example_and_labelled_baselines(tmp_path):
   (csv, seeds_csv), index = collapse_csvs(tmp_path)
   fig = pcol.plot(csv, seeds_csv, snapshots=3)
   axes = np.array(fig.axes).reshape(2, 3)
-  assert 'seed 2' in axes[0, 0].get_title()
+  assert f'seed {index}' in axes[0, 0].get_title()
   assert f'median of the 5-seed sweep (seed {index})' in fig._suptitle.get_text()
   assert len(axes[0, 0].get_lines()) == 4  # one frequency curve per token
   for ax in axes[:, 2]:
@@ -121,6 +123,12 @@ def test_collapse_figure_shows_the_median_example_and_labelled_baselines(tmp_pat
   grid = axes[0, 1].images[0].get_array()
   assert grid.shape[1] == 10
   np.testing.assert_array_equal(grid[0], [0, 1, 0, 2] * 2 + [0, 1])  # from t = 1
+  style.pyplot().close(fig)
+  # An example that is not the median seed is not called the median.
+  (csv, seeds_csv), other = collapse_csvs(tmp_path, index=(index + 1) % 5)
+  fig = pcol.plot(csv, seeds_csv, snapshots=3)
+  assert 'median' not in fig._suptitle.get_text()
+  assert f'Example trajectories: seed {other}' in fig._suptitle.get_text()
   style.pyplot().close(fig)
 
 
@@ -270,7 +278,7 @@ def test_collapse_script(tmp_path):
   res = tmp_path / 'results'
   sweep, ex = pd.read_csv(res / 'collapse_seeds.csv'), pd.read_csv(res / 'collapse.csv')
   assert len(sweep) == 2 * 9 and len(ex) == 2 * 60 * 4
-  index = tcol.example_seed(sweep[sweep['variant'] == 'random'].sort_values('seed')['top1'])
+  index = tcol.median_seed(sweep[sweep['variant'] == 'random'].sort_values('seed')['top1'])
   assert set(ex['seed']) == {index} and f'seed {index}' in r.stderr
   # The example is the sweep's trajectory of that seed: the same final top-1 share.
   for variant in tcol.VARIANTS:
@@ -278,7 +286,7 @@ def test_collapse_script(tmp_path):
     want = sweep[(sweep['variant'] == variant) & (sweep['seed'] == index)]['top1'].item()
     assert final == pytest.approx(want, rel=1e-6)
   with open(res / 'collapse_seeds.meta.json') as f:
-    assert json.load(f)['random']['example_seed'] == index
+    assert json.load(f)['random']['median_seed'] == index
   for ext in ('png', 'pdf'):
     assert (tmp_path / 'figures' / f'collapse.{ext}').stat().st_size > 0
 

@@ -9,7 +9,7 @@ Trial ``i`` (seed sweep index ``i``) uses ``key = fold_in(PRNGKey(seed), i)``
   T tokens x_{t+1} ~ pi^{X_t} (``trajectory.generate``, growing or windowed context).
 
 The plotted example of a variant is the sweep's trajectory whose final top-1 share is the
-sweep's (lower) median (:func:`example_seed`), so the example is representative of the sweep.
+sweep's (lower) median (:func:`median_seed`), so the example is representative of the sweep.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from ccmc_jax import trajectory
 from ccmc_jax.trials import common
 
 VARIANTS = ('random', 'zero_diag')
+EXAMPLE_RULE = ('the seed whose final top-1 share (random P; else the first variant) is the '
+                'lower median of the seed sweep; every variant uses that seed (same A)')
 
 
 def make_run_trial(K, T, scale=1.0, zero_diag=False, window=None, X0=None, A=None,
@@ -75,12 +77,12 @@ def seed_sweep(seed, seeds, K, T, scale=1.0, zero_diag=False, window=None, X0=No
   return {'seed': np.arange(seeds), **{k: np.asarray(v) for k, v in out.items()}}
 
 
-def example_seed(top1):
+def median_seed(top1):
   """The trial index whose final top-1 share is the sweep's lower median: sort the shares
   (stable, so ties go to the smaller index) and take position ``(n - 1) // 2``."""
   top1 = np.asarray(top1)
   if top1.size == 0:
-    raise ValueError('example_seed needs at least one trial')
+    raise ValueError('median_seed needs at least one trial')
   return int(np.argsort(top1, kind='stable')[(top1.size - 1) // 2])
 
 
@@ -102,11 +104,12 @@ def example(seed, index, K, T, scale=1.0, zero_diag=False, window=None, X0=None,
 
 
 def sweep_summary(frame):
-  """Per variant: the mean final top-1 and top-2 shares and the example's trial index
-  (:func:`example_seed`), from the seed-sweep table (columns variant, seed, top1, top2)."""
+  """Per variant: the mean final top-1 and top-2 shares and the trial index of the median
+  top-1 share (:func:`median_seed`), from the seed-sweep table (columns variant, seed, top1,
+  top2)."""
   out = {}
   for variant, g in frame.groupby('variant'):
     g = g.sort_values('seed')
     out[variant] = {'mean_top1': float(g['top1'].mean()), 'mean_top2': float(g['top2'].mean()),
-                    'example_seed': int(g['seed'].iloc[example_seed(g['top1'].to_numpy())])}
+                    'median_seed': int(g['seed'].iloc[median_seed(g['top1'].to_numpy())])}
   return out

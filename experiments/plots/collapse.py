@@ -75,12 +75,13 @@ def plot(csv_path, seeds_path, snapshots=6):
                title=f'{len(s)} seeds: mean top-1 {s["top1"].mean():.2f}, '
                      f'top-2 {s["top2"].mean():.2f}')
     row[2].legend(loc='upper left')
-  rule = ''
-  if 'random' in stats or variants[0] in stats:
-    ref = 'random' if 'random' in stats else variants[0]
+  ref = 'random' if 'random' in stats else next(iter(stats), None)
+  seeds = sorted(set(df['seed'].astype(int)))
+  rule = f'\nExample trajectories: seed {", ".join(map(str, seeds))}'
+  if ref is not None and seeds == [stats[ref]['median_seed']]:
     rule = (f'\nExample trajectories: the seed whose final top-1 share ({TITLES[ref]}) is the '
-            f'median of the {len(sw[sw["variant"] == ref])}-seed sweep '
-            f'(seed {stats[ref]["example_seed"]}); every row uses that seed (same A).')
+            f'median of the {len(sw[sw["variant"] == ref])}-seed sweep (seed {seeds[0]}); '
+            'every row uses that seed (same A).')
   fig.suptitle(f'Distribution collapse, K={K}, T={T} (paper Fig. 5){rule}')
   fig.tight_layout()
   return fig
