@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import numpy as np
 import pandas as pd
 
 from ccmc_jax import io
@@ -71,6 +72,29 @@ def check_choice(name, value, choices):
   for v in value if isinstance(value, (list, tuple)) else [value]:
     if v not in choices:
       raise FlagError(f'--{name}={v} is invalid: allowed values are {", ".join(choices)}')
+
+
+MAX_MATRIX_K = 12  # an annotated K x K heat map stays legible up to here
+
+
+def parse_W(name, values):
+  """The K x K matrix of a list flag (e.g. --W): finite numbers, a perfect-square count (row-major),
+  K in [2, 12]."""
+  check_float(name, values)
+  K = math.isqrt(len(values))
+  if K * K != len(values) or not 2 <= K <= MAX_MATRIX_K:
+    raise FlagError(f'--{name} has {len(values)} numbers: allowed values are K*K '
+                    f'numbers (row-major) for K in [2, {MAX_MATRIX_K}], e.g. 9 for K = 3')
+  return np.array([float(v) for v in values], np.float64).reshape(K, K)
+
+
+def parse_X(name, values, K):
+  """The prompt of a list flag (e.g. --X): 0-indexed tokens in [0, K-1], at least one."""
+  if not values:
+    raise FlagError(f'--{name} is empty: allowed values are 0-indexed tokens in '
+                    f'[0, {K - 1}], e.g. 0,1,0')
+  check_int(name, values, 0, K - 1)
+  return np.array([int(v) for v in values], np.int32)
 
 
 def check_writable_dir(name, path):

@@ -56,3 +56,20 @@ def chain_log_P(A, zero_diag=False):
   A = jnp.asarray(A)
   A = jnp.where(zero_diag & jnp.eye(A.shape[-1], dtype=bool), -jnp.inf, A)
   return jax.nn.log_softmax(A, axis=-1)
+
+
+def concat_columns(parts, order=None):
+  """One dict of columns from several: each part maps a column name to an array or a scalar
+  (broadcast to the part's length, the longest array in it); ``order`` picks the columns."""
+  parts = list(parts)
+  names = order or list(dict.fromkeys(k for p in parts for k in p))
+  out = {}
+  for name in names:
+    pieces = []
+    for p in parts:
+      size = max((np.size(v) for v in p.values() if np.ndim(v)), default=1)
+      v = p[name]
+      pieces.append(np.asarray(v).reshape(-1) if np.ndim(v) else
+                    np.full(size, v, dtype=object if isinstance(v, str) else None))
+    out[name] = np.concatenate(pieces)
+  return out
