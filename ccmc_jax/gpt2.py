@@ -32,13 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ccmc_jax import io
+from ccmc_jax.errors import UserError
 
 TABLE_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
                  'repeated_fraction', 'p_greedy']
 
 
-class GPT2Error(io.UserError):
+class GPT2Error(UserError):
   """A missing, incomplete or malformed GPT-2 folder or a bad argument: one line, ``arg + rest``
   where ``arg`` is the argument at fault (model_dir, prompt, prompt_ids, steps, ngram)."""
 

@@ -14,12 +14,9 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+from ccmc_jax.errors import UserError  # re-exported: io.UserError
+
 FLOAT_FORMAT = '%.9g'  # float32 round-trips; identical bytes for identical numbers.
-
-
-class UserError(ValueError):
-  """Base of every user-facing error (bad flag, unusable results file, bad model folder):
-  ``experiments.common.run`` prints it as one line and exits 2, without a traceback."""
 
 
 class ResultsError(UserError):

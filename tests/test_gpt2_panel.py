@@ -497,3 +497,29 @@ def test_gpt2_repetition_script(tmp_path, folder):
   assert skip.returncode == 0 and 'skipped: no --hf_model_dir' in skip.stderr
   assert len(skip.stderr.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / 'skip' / 'results')
+
+
+def test_gpt2_module_is_optional_and_light():
+  """The core never imports gpt2, and gpt2 imports neither absl, pandas nor matplotlib (also
+  not through ccmc_jax.io): read from the sources, no subprocess needed."""
+  import ast
+  import glob
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def imports(path):
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+      if isinstance(node, ast.Import):
+        out |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        out |= {f'{node.module}.{a.name}' for a in node.names} | {node.module}
+    return out
+
+  for path in glob.glob(os.path.join(root, 'ccmc_jax', '**', '*.py'), recursive=True):
+    if not path.endswith('gpt2.py'):
+      assert not {i for i in imports(path) if 'gpt2' in i}, path
+  for module in ('gpt2', 'errors'):
+    heavy = {i for i in imports(os.path.join(root, 'ccmc_jax', f'{module}.py'))
+             if i.split('.')[0] in ('absl', 'pandas', 'matplotlib') or i == 'ccmc_jax.io'}
+    assert not heavy, (module, heavy)
+  assert not {i for i in imports(os.path.join(root, 'experiments', 'common.py')) if 'gpt2' in i}
