@@ -83,7 +83,7 @@ def plot(csv_path, rows_path):
       f'Learning P from one trajectory vs from T IID prompts. By T={T_max} the trajectory '
       f'visits {counts.get(("single", 1), np.nan):.1f} of {K} rows, but only '
       f'{counts.get(("single", 100), np.nan):.1f} get >= 100 visits (IID: every row ~T/K);\n'
-      f'the collapse starves the other rows, so the error stalls. Lines: mean over trials; '
-      f'bands: {style.BAND}.', fontsize=10)
+      f'the collapse starves the other rows, so its error falls far slower than 1/T. '
+      f'Lines: mean over trials; bands: {style.BAND}.', fontsize=10)
   fig.tight_layout()
   return fig
