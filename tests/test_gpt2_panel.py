@@ -3,14 +3,16 @@ safetensors writer against the reader, the JAX forward pass and greedy decoding 
 float64 numpy forward pass (loops over heads and positions, explicit causal softmax), the BPE
 tokenizer against hand-worked merges, the repetition table against brute force, and one-line
 errors for broken folders."""
+import ast
+import glob
 import json
 import math
 import os
 
+import jax
 import numpy as np
-import pytest
-
 import pandas as pd
+import pytest
 
 from ccmc_jax import io
 from ccmc_jax import gpt2 as g2
@@ -196,7 +198,6 @@ def test_load_gpt2_round_trips_weights_and_stacks_layers(tmp_path, dtype, prefix
 # ------------------------------------------------------------------------ forward, decode
 
 def test_forward_matches_literal_numpy_forward(folder):
-  import jax
   path, w = folder
   model = g2.load_gpt2(path)
   ids = np.random.default_rng(2).integers(0, V, 13)
@@ -217,7 +218,6 @@ def test_untied_lm_head_is_used(tmp_path):
   w = make_folder(str(tmp_path), lm_head=True)
   model = g2.load_gpt2(str(tmp_path))
   assert 'lm_head' in model.params
-  import jax
   ids = np.arange(6)
   np.testing.assert_allclose(np.asarray(jax.jit(g2.forward, static_argnums=1)(
       model.params, model.config, ids)), np_forward(w, ids), atol=1e-4, rtol=1e-4)
@@ -502,8 +502,6 @@ def test_gpt2_repetition_script(tmp_path, folder):
 def test_gpt2_module_is_optional_and_light():
   """The core never imports gpt2, and gpt2 imports neither absl, pandas nor matplotlib (also
   not through ccmc_jax.io): read from the sources, no subprocess needed."""
-  import ast
-  import glob
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def imports(path):
