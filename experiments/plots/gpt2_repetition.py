@@ -110,7 +110,7 @@ def repetition_curve(ax, frame):
   if g['p_greedy'].notna().any():
     ax.plot(g['step'], g['p_greedy'], color='tab:blue', lw=0.8, alpha=0.8,
             label='p(greedy token)')
-  ax.set(ylim=(0, 1.02), xlabel='generation step', ylabel='fraction / probability')
+  ax.set(ylim=(-0.02, 1.02), xlabel='generation step', ylabel='fraction / probability')
   ax.legend(loc='lower right')
   return ax
 
