@@ -26,6 +26,7 @@ experiments=(
   collapse
   collapse_statistics
   trajectory_learning
+  gpt2_repetition
 )
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do

@@ -1,21 +1,23 @@
-"""GPT-2 greedy decoding collapsing into repetition (paper Sec. 4, Fig. 5 left), from LOCAL files.
+"""GPT-2 from LOCAL files: reader, byte-level BPE tokenizer, JAX forward pass, greedy decoder.
 
-Used by ``experiments.collapse --hf_model_dir``; the library never downloads anything.
+An optional module for the repetition experiment (paper Sec. 4, Fig. 5 left:
+``python -m experiments.gpt2_repetition --hf_model_dir=<folder>``); the rest of ``ccmc_jax``
+never imports it and nothing is ever downloaded.
 
 No PyTorch or transformers: a Hugging Face GPT-2 folder is read with numpy (config.json,
-model.safetensors, and optionally vocab.json + merges.txt for the byte-level BPE tokenizer), the
-forward pass runs in JAX, and greedy decoding is one jitted ``lax.scan`` per buffer length. The
-generated tokens are summarised in a long-format table (one row per token) and drawn as a token
-grid coloured by whether the n-gram ending at each token already occurred earlier in the text.
+model.safetensors, and optionally vocab.json + merges.txt for the tokenizer), the forward pass
+runs in JAX, and greedy decoding is one jitted ``lax.scan`` per buffer length.
 
-  ids = validate_flags(model_dir, prompt, prompt_ids, steps)  # cheap: no weights read
-  model = load_gpt2(model_dir)                                # GPT2(config, params, tokenizer)
-  frame = generation_frame(model, ids, steps)                 # -> results/collapse_gpt2.csv
-  repetition_panel(ax, read_frame(csv))                       # plots from the CSV only
+  ids = check_inputs(model_dir, prompt, prompt_ids, steps)  # cheap: no weights read
+  model = load_gpt2(model_dir)                              # GPT2(config, params, tokenizer)
+  ids, p = greedy_decode(model, prompt_ids, steps)
+  table = repetition_table(prompt_ids, ids, model.token_text, p)  # dict of columns
 
-Errors about the folder and the panel's flags are ``GPT2Error``: one line that starts with the
-flag, e.g. ``--hf_model_dir=<folder>``. Weights are only read from ``model.safetensors``; a folder with only
-``pytorch_model.bin`` must be converted first (e.g. ``safetensors.torch.save_file`` elsewhere).
+Every problem with the folder or the arguments is a ``GPT2Error``: one line that starts with
+the argument at fault (``model_dir=<folder>: ...``, ``steps=0 is invalid: ...``); ``arg`` and
+``rest`` let a command line name its own flag instead. Weights are only read from
+``model.safetensors``; a folder with only ``pytorch_model.bin`` must be converted first (e.g.
+``safetensors.torch.save_file`` elsewhere).
 """
 from __future__ import annotations
 
@@ -24,38 +26,39 @@ import json
 import math
 import os
 import re
-import textwrap
 from typing import Callable, NamedTuple, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ccmc_jax import io
+from ccmc_jax.errors import UserError
 
-MODEL_FLAG = 'hf_model_dir'        # flag names used in the one-line error messages
-PROMPT_FLAG = 'gpt2_prompt'
-PROMPT_IDS_FLAG = 'gpt2_prompt_ids'
-STEPS_FLAG = 'gpt2_steps'
-DEFAULT_PROMPT = 'The meaning of life is'
-FRAME_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
+TABLE_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
                  'repeated_fraction', 'p_greedy']
 
 
-class GPT2Error(ValueError):
-  """A missing, incomplete or malformed GPT-2 folder (a one-line message naming the flag)."""
+class GPT2Error(UserError):
+  """A missing, incomplete or malformed GPT-2 folder or a bad argument: one line, ``arg + rest``
+  where ``arg`` is the argument at fault (model_dir, prompt, prompt_ids, steps, ngram)."""
+
+  def __init__(self, arg, rest):
+    self.arg, self.rest = arg, rest
+    super().__init__(arg + rest)
 
 
-def _check_count(flag, value):
-  """Require an integer >= 1 (a one-line GPT2Error naming the flag otherwise)."""
+def _check_count(arg, value):
+  """Require an integer >= 1 (a one-line GPT2Error naming the argument otherwise)."""
   try:
     ok = int(value) == float(value) and int(value) >= 1
   except (TypeError, ValueError):
     ok = False
   if not ok:
-    raise GPT2Error(f'--{flag}={value} is invalid: allowed values are an integer >= 1')
+    raise GPT2Error(arg, f'={value} is invalid: allowed values are an integer >= 1')
 
 
 def _fail(model_dir, msg):
-  return GPT2Error(f'--{MODEL_FLAG}={model_dir}: {msg}')
+  return GPT2Error('model_dir', f'={model_dir}: {msg}')
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,22 +301,26 @@ def _tensor_names(model_dir, config, table):
   return wanted
 
 
+def param_count(config: GPT2Config) -> int:
+  """Number of parameters (tied lm_head): sizes the float32 copy that :func:`load_gpt2` makes."""
+  shapes = [f(config) for _, _, f in _TOP_TENSORS]
+  shapes += [f(config) for _, _, f in _BLOCK_TENSORS] * config.n_layer
+  return sum(math.prod(s) for s in shapes)
+
+
 def check_model_dir(model_dir, max_tokens: Optional[int] = None) -> GPT2Config:
-  """Cheap validation for a flag check: config.json, the safetensors header and every tensor
-  shape, without reading the weights. ``max_tokens`` (prompt + steps) must fit n_positions.
+  """Cheap validation: config.json, the safetensors header and every tensor shape, without
+  reading the weights. ``max_tokens`` (prompt + steps) must fit n_positions.
 
   Returns:
     the GPT2Config. Raises GPT2Error (one line) otherwise.
   """
   config = read_config(model_dir)
   table, _, _ = read_safetensors_header(_weights_path(model_dir), model_dir)
-  wanted = _tensor_names(model_dir, config, table)
-  n_params = sum(math.prod(shape) for _, shape in wanted.values())
-  # float32 on the host and a device copy, plus the decoder's KV cache (small).
-  io.check_memory(MODEL_FLAG, model_dir, 8 * n_params, GPT2Error)
+  _tensor_names(model_dir, config, table)
   if max_tokens is not None and max_tokens > config.n_positions:
-    raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {max_tokens} tokens exceeds the '
-                    f'model\'s n_positions={config.n_positions}')
+    raise GPT2Error('steps', f': prompt + steps = {max_tokens} tokens exceeds the model\'s '
+                    f'n_positions={config.n_positions}')
   return config
 
 
@@ -368,29 +375,44 @@ def load_gpt2(model_dir) -> GPT2:
 # ------------------------------------------------------------------------------------------
 
 def _layer_norm(x, g, b, eps):
-  import jax  # pylint: disable=import-outside-toplevel
   mu = x.mean(-1, keepdims=True)
   var = ((x - mu) ** 2).mean(-1, keepdims=True)
   return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
 
 
 def _gelu(x, activation):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
   if activation == 'gelu':
     return jax.nn.gelu(x, approximate=False)
   # gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as in GPT-2.
   return 0.5 * x * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def _mlp(x, p, config):
-  h = _layer_norm(x, p['ln_2_g'], p['ln_2_b'], config.layer_norm_epsilon)
-  h = _gelu(h @ p['fc_w'] + p['fc_b'], config.activation)
-  return h @ p['mlp_proj_w'] + p['mlp_proj_b']
+def _block(x, p, config: GPT2Config, keys_values):
+  """One pre-LN transformer block on ``x`` (T, D), the T newest positions.
+
+  ``keys_values(k, v)`` receives the new positions' keys and values, each (T, H, hd), and
+  returns ``(keys, values, mask)``: every attended position's keys and values (S, H, hd) and
+  the (T, S) boolean mask of which of them each new position sees (causal). The full forward
+  pass passes them through; the decoder writes them into its cache.
+
+  Returns:
+    (new x (T, D), keys, values).
+  """
+  T, D, H = x.shape[0], config.n_embd, config.n_head
+  hd = D // H
+  h = _layer_norm(x, p['ln_1_g'], p['ln_1_b'], config.layer_norm_epsilon)
+  q, k, v = (a.reshape(T, H, hd) for a in jnp.split(h @ p['attn_w'] + p['attn_b'], 3, axis=-1))
+  keys, values, mask = keys_values(k, v)
+  s = jnp.einsum('thd,shd->hts', q, keys) / math.sqrt(hd)
+  a = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+  x = x + jnp.einsum('hts,shd->thd', a, values).reshape(T, D) @ p['attn_proj_w'] + p[
+      'attn_proj_b']
+  m = _layer_norm(x, p['ln_2_g'], p['ln_2_b'], config.layer_norm_epsilon)
+  m = _gelu(m @ p['fc_w'] + p['fc_b'], config.activation)
+  return x + m @ p['mlp_proj_w'] + p['mlp_proj_b'], keys, values
 
 
 def _unembed(x, params, config):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   x = _layer_norm(x, params['ln_f_g'], params['ln_f_b'], config.layer_norm_epsilon)
   # (vocab, n_embd) @ x without transposing the largest matrix (a transposed copy per step).
   return jnp.einsum('vd,...d->...v', params.get('lm_head', params['wte']), x)
@@ -408,27 +430,12 @@ def forward(params, config: GPT2Config, ids_T):
   References: Radford et al. (2019): pre-LN blocks, causal multi-head attention, gelu_new MLP,
     final ln_f, lm_head tied to the token embedding.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   T = ids_T.shape[0]
-  H, D = config.n_head, config.n_embd
-  hd = D // H
   x = params['wte'][ids_T] + params['wpe'][:T]
   causal = jnp.tril(jnp.ones((T, T), bool))
-
   for p in params['blocks']:
-    h = _layer_norm(x, p['ln_1_g'], p['ln_1_b'], config.layer_norm_epsilon)
-    q, k, v = jnp.split(h @ p['attn_w'] + p['attn_b'], 3, axis=-1)
-    q, k, v = (a.reshape(T, H, hd) for a in (q, k, v))
-    s = jnp.einsum('thd,shd->hts', q, k) / math.sqrt(hd)
-    a = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
-    o = jnp.einsum('hts,shd->thd', a, v).reshape(T, D)
-    x = x + o @ p['attn_proj_w'] + p['attn_proj_b']
-    x = x + _mlp(x, p, config)
+    x, _, _ = _block(x, p, config, lambda k, v: (k, v, causal))
   return _unembed(x, params, config)
-
-
-TRACES = {'decoder': 0}  # incremented when the decoder is traced (tests check: once per shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -440,38 +447,26 @@ def _decoder(config: GPT2Config, S: int):
   t + 1 < prompt_len (a traced scalar, so one compilation serves every prompt of this S), else
   the argmax of the logits.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  L, H, D = config.n_layer, config.n_head, config.n_embd
-  hd = D // H
+  H, hd = config.n_head, config.n_embd // config.n_head
+  positions = jnp.arange(S)
 
   def run(params, buffer_S, prompt_len):
-    TRACES['decoder'] += 1
-    positions = jnp.arange(S)
-
     def step(carry, t):
       tokens, k_cache, v_cache = carry  # (S,) and per layer (S, H, hd) keys and values
-      x = params['wte'][tokens[t]] + params['wpe'][t]
+      x = (params['wte'][tokens[t]] + params['wpe'][t])[None]
       new_k, new_v = [], []
       for p, k_l, v_l in zip(params['blocks'], k_cache, v_cache):
-        h = _layer_norm(x, p['ln_1_g'], p['ln_1_b'], config.layer_norm_epsilon)
-        q, k, v = jnp.split(h @ p['attn_w'] + p['attn_b'], 3)
-        k_l = k_l.at[t].set(k.reshape(H, hd))
-        v_l = v_l.at[t].set(v.reshape(H, hd))
-        s = jnp.einsum('hd,shd->hs', q.reshape(H, hd), k_l) / math.sqrt(hd)
-        a = jax.nn.softmax(jnp.where(positions <= t, s, -jnp.inf), axis=-1)
-        o = jnp.einsum('hs,shd->hd', a, v_l).reshape(D)
-        x = x + o @ p['attn_proj_w'] + p['attn_proj_b']
-        x = x + _mlp(x, p, config)
+        x, k_l, v_l = _block(x, p, config, lambda k, v, k_l=k_l, v_l=v_l: (
+            k_l.at[t].set(k[0]), v_l.at[t].set(v[0]), (positions <= t)[None]))
         new_k.append(k_l)
         new_v.append(v_l)
-      logits = _unembed(x, params, config)
+      logits = _unembed(x[0], params, config)
       nxt = jnp.argmax(logits).astype(tokens.dtype)
       p_greedy = jnp.exp(logits[nxt] - jax.nn.logsumexp(logits))
       tokens = tokens.at[t + 1].set(jnp.where(t + 1 < prompt_len, tokens[t + 1], nxt))
       return (tokens, new_k, new_v), p_greedy
 
-    cache = [jnp.zeros((S, H, hd), jnp.float32) for _ in range(L)]
+    cache = [jnp.zeros((S, H, hd), jnp.float32) for _ in params['blocks']]
     (tokens, _, _), p = jax.lax.scan(step, (buffer_S, cache, cache), jnp.arange(S - 1))
     return tokens, p
 
@@ -490,17 +485,16 @@ def greedy_decode(model: GPT2, prompt_ids: Sequence[int], steps: int):
     probability of each generated (argmax) token.
   References: paper Fig. 5 (left): greedy GPT-2 output degenerating into repetition.
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   prompt = np.asarray(prompt_ids, np.int64).reshape(-1)
   c = model.config
   if prompt.size == 0:
-    raise GPT2Error(f'--{PROMPT_FLAG}: the prompt is empty; give at least one token')
+    raise GPT2Error('prompt', ': the prompt is empty; give at least one token')
   if prompt.min() < 0 or prompt.max() >= c.vocab_size:
-    raise GPT2Error(f'--{PROMPT_IDS_FLAG}: token ids must be in [0, {c.vocab_size - 1}]')
-  _check_count(STEPS_FLAG, steps)
+    raise GPT2Error('prompt_ids', f': token ids must be in [0, {c.vocab_size - 1}]')
+  _check_count('steps', steps)
   S = prompt.size + int(steps)
   if S > c.n_positions:
-    raise GPT2Error(f'--{STEPS_FLAG}: prompt + steps = {S} tokens exceeds the model\'s '
+    raise GPT2Error('steps', f': prompt + steps = {S} tokens exceeds the model\'s '
                     f'n_positions={c.n_positions}')
   buffer = np.zeros(S, np.int32)
   buffer[:prompt.size] = prompt
@@ -605,7 +599,7 @@ def load_tokenizer(model_dir) -> Optional[BPETokenizer]:
   if not all(have):
     missing = 'merges.txt' if have[0] else 'vocab.json'
     raise _fail(model_dir, f'has {"vocab.json" if have[0] else "merges.txt"} but no {missing} '
-                f'(the GPT-2 tokenizer needs both; without them give --{PROMPT_IDS_FLAG})')
+                f'(the GPT-2 tokenizer needs both; without them give the prompt as token ids)')
   try:
     with open(vocab_path, encoding='utf-8') as f:
       encoder = json.load(f)
@@ -632,11 +626,11 @@ def load_tokenizer(model_dir) -> Optional[BPETokenizer]:
 
 
 def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) -> list:
-  """The prompt as token ids: ``prompt_ids`` (ints or strings, e.g. the --gpt2_prompt_ids list
+  """The prompt as token ids: ``prompt_ids`` (ints or strings, e.g. a comma-separated list
   flag) if given, else ``prompt`` encoded with the folder's tokenizer.
 
   ``model_or_dir`` is a loaded GPT2 or a folder (only config.json and the tokenizer are read,
-  so this is cheap enough for a flag check). Raises GPT2Error (one line, naming the flag).
+  so this is cheap enough for an argument check). Raises GPT2Error (one line).
   """
   if isinstance(model_or_dir, GPT2):
     config, tokenizer, model_dir = model_or_dir.config, model_or_dir.tokenizer, \
@@ -652,15 +646,15 @@ def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) 
       except ValueError:
         i = -1
       if not 0 <= i < config.vocab_size:
-        raise GPT2Error(f'--{PROMPT_IDS_FLAG}={v} is invalid: allowed values are token ids in '
+        raise GPT2Error('prompt_ids', f'={v} is invalid: allowed values are token ids in '
                         f'[0, {config.vocab_size - 1}]')
       ids.append(i)
     return ids
   if tokenizer is None:
-    raise GPT2Error(f'--{PROMPT_FLAG}: {model_dir} has no vocab.json/merges.txt to encode text; '
-                    f'give the prompt as comma-separated --{PROMPT_IDS_FLAG}')
+    raise GPT2Error('prompt', f': {model_dir} has no vocab.json/merges.txt to encode text; '
+                    'give the prompt as token ids instead')
   if not prompt:
-    raise GPT2Error(f'--{PROMPT_FLAG} is empty: give a prompt text or --{PROMPT_IDS_FLAG}')
+    raise GPT2Error('prompt', ' is empty: give a prompt text or token ids')
   try:
     ids = tokenizer.encode(prompt)
   except ValueError as e:
@@ -671,8 +665,24 @@ def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) 
   return ids
 
 
+def check_inputs(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
+                 ngram: int = 4) -> list:
+  """Every argument check of a generation, before any work (reads config.json, the
+  safetensors header and the tokenizer, not the weights): one-line GPT2Error.
+
+  Returns:
+    the prompt's token ids.
+  """
+  _check_count('steps', steps)
+  _check_count('ngram', ngram)
+  check_model_dir(model_dir)
+  ids = prompt_token_ids(model_dir, prompt, prompt_ids)
+  check_model_dir(model_dir, max_tokens=len(ids) + int(steps))
+  return ids
+
+
 # ------------------------------------------------------------------------------------------
-# Repetition statistics, the results table and the panel
+# Repetition statistics
 # ------------------------------------------------------------------------------------------
 
 def repeated_ngrams(seq: Sequence[int], n: int) -> np.ndarray:
@@ -700,19 +710,19 @@ def loop_period(seq: Sequence[int]):
   return best
 
 
-def build_frame(prompt_ids: Sequence[int], ids: Sequence[int], token_text: Callable[[int], str],
-                p_greedy: Optional[Sequence[float]] = None, ngram: int = 4):
-  """The long-format table of one generation: one row per token, prompt included.
+def repetition_table(prompt_ids: Sequence[int], ids: Sequence[int],
+                     token_text: Callable[[int], str], p_greedy: Optional[Sequence[float]] = None,
+                     ngram: int = 4) -> dict:
+  """The long-format table of one generation, as columns: one row per token, prompt included.
 
-  Columns: ``ngram`` (the n of the n-grams), ``step`` (generated tokens 1..steps; the prompt's
-  tokens 1 - len(prompt)..0), ``part`` (prompt / generated), ``token_id``, ``token_text`` (a
-  JSON string literal, so newlines, commas and texts such as "NA" survive a CSV), ``seen`` (the
-  token occurred earlier in the text), ``repeated`` (the ``ngram``-gram ending here occurred
-  earlier), ``repeated_fraction`` (running mean of ``repeated`` over the generated tokens; empty
-  for the prompt), ``p_greedy`` (the model's probability of the generated token; empty for the
-  prompt).
+  Columns (``TABLE_COLUMNS``): ``ngram`` (the n of the n-grams), ``step`` (generated tokens
+  1..steps; the prompt's tokens 1 - len(prompt)..0), ``part`` (prompt / generated),
+  ``token_id``, ``token_text`` (a JSON string literal, so newlines, commas and texts such as
+  "NA" survive a CSV), ``seen`` (the token occurred earlier in the text), ``repeated`` (the
+  ``ngram``-gram ending here occurred earlier), ``repeated_fraction`` (running mean of
+  ``repeated`` over the generated tokens; NaN for the prompt), ``p_greedy`` (the model's
+  probability of the generated token; NaN for the prompt).
   """
-  import pandas as pd  # pylint: disable=import-outside-toplevel
   prompt_ids, ids = [int(i) for i in prompt_ids], [int(i) for i in ids]
   seq = prompt_ids + ids
   P = len(prompt_ids)
@@ -726,138 +736,9 @@ def build_frame(prompt_ids: Sequence[int], ids: Sequence[int], token_text: Calla
   p = np.full(len(seq), np.nan)
   if p_greedy is not None:
     p[P:] = np.asarray(p_greedy, np.float64)
-  return pd.DataFrame({
-      'ngram': ngram, 'step': np.arange(1 - P, len(ids) + 1),
-      'part': ['prompt'] * P + ['generated'] * len(ids),
-      'token_id': seq, 'token_text': [json.dumps(token_text(i), ensure_ascii=False) for i in seq],
-      'seen': seen, 'repeated': repeated, 'repeated_fraction': frac, 'p_greedy': p})
-
-
-def generation_frame(model: GPT2, prompt_ids: Sequence[int], steps: int, ngram: int = 4):
-  """Greedy-decode ``steps`` tokens and return :func:`build_frame`'s table (the CSV rows)."""
-  ids, p = greedy_decode(model, prompt_ids, steps)
-  return build_frame(prompt_ids, ids, model.token_text, p, ngram)
-
-
-def validate_flags(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
-                   ngram: int = 4) -> list:
-  """All flag checks of the panel, before any work (reads config.json, the safetensors header
-  and the tokenizer, not the weights): one-line GPT2Error naming the flag.
-
-  Returns:
-    the prompt's token ids.
-  """
-  _check_count(STEPS_FLAG, steps)
-  _check_count('gpt2_ngram', ngram)
-  check_model_dir(model_dir)
-  ids = prompt_token_ids(model_dir, prompt, prompt_ids)
-  check_model_dir(model_dir, max_tokens=len(ids) + int(steps))
-  return ids
-
-
-def read_frame(path):
-  """The panel's CSV, checked (io.ResultsError, one line, if unusable)."""
-  frame = io.read_csv(path, required=FRAME_COLUMNS,
-                      numeric=['ngram', 'step', 'token_id', 'seen', 'repeated',
-                               'repeated_fraction', 'p_greedy'])
-  if not (frame['part'] == 'generated').any():
-    raise io.ResultsError(f'{path} has no generated tokens')
-  return frame
-
-
-def _display(text: str, width: int) -> str:
-  """A token's text for a grid cell: newline and tab as arrows, other control characters
-  escaped (\\x06), surrounding spaces dropped, long texts cut."""
-  text = text.replace('\n', '\u21b5').replace('\t', '\u21e5')
-  text = ''.join(c if c.isprintable() else c.encode('unicode_escape').decode('ascii')
-                 for c in text)
-  if text.strip(' '):
-    text = text.strip(' ')
-  else:
-    text = '\u2423' * min(len(text), 3)  # a token of spaces only
-  return text if len(text) <= width else text[:width - 1] + '\u2026'
-
-
-def _texts(frame):
-  out = []
-  for v in frame['token_text']:
-    try:
-      out.append(json.loads(v) if isinstance(v, str) else '')
-    except json.JSONDecodeError:
-      out.append(str(v))
-  return out
-
-
-COLORS = {'prompt': '#d9d9d9', 'new': '#c6dbef', 'repeated': '#fcae91'}
-
-
-def repetition_panel(ax, frame, columns: int = 10, max_rows: int = 24, chars: int = 8,
-                     fontsize: float = 6.5):
-  """Paper Fig. 5 (left): the greedy generation as a token grid read left to right, top to
-  bottom; prompt tokens grey, generated tokens red where the n-gram ending there already
-  occurred earlier in the text (repetition), blue otherwise. Uses only the table's columns
-  (step, part, token_text, repeated, token_id; ngram if present), i.e. a CSV read back with
-  ``io.read_csv``. With more than ``max_rows`` rows the first ``max_rows - 1`` rows and the last
-  row are shown.
-  """
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  frame = frame.sort_values('step', kind='stable').reset_index(drop=True)
-  texts = _texts(frame)
-  gen = (frame['part'] == 'generated').to_numpy()
-  rep = frame['repeated'].to_numpy().astype(int) == 1
-  code = np.where(~gen, 0, np.where(rep, 2, 1))
-  n_rows = -(-len(frame) // columns)
-  rows = list(range(n_rows))
-  if n_rows > max_rows:
-    rows = rows[:max_rows - 1] + [n_rows - 1]
-  grid = np.full((len(rows), columns), -1)
-  for r, row in enumerate(rows):
-    chunk = code[row * columns:(row + 1) * columns]
-    grid[r, :len(chunk)] = chunk
-  cmap = matplotlib.colors.ListedColormap(
-      ['white', COLORS['prompt'], COLORS['new'], COLORS['repeated']])
-  ax.imshow(grid, cmap=cmap, vmin=-1.5, vmax=2.5, aspect='auto', interpolation='nearest')
-  for r, row in enumerate(rows):
-    for c in range(columns):
-      i = row * columns + c
-      if i < len(frame):
-        ax.text(c, r, _display(texts[i], chars), ha='center', va='center', fontsize=fontsize,
-                parse_math=False)
-  ax.set_xticks(np.arange(columns + 1) - 0.5, minor=True)
-  ax.set_yticks(np.arange(len(rows) + 1) - 0.5, minor=True)
-  ax.grid(which='minor', color='white', linewidth=1.0)
-  ax.tick_params(which='minor', length=0)
-  first_step = frame['step'].to_numpy()
-  ax.set_yticks(range(len(rows)))
-  ax.set_yticklabels([str(int(first_step[row * columns])) for row in rows], fontsize=7)
-  ax.set_xticks([])
-  ax.set_ylabel('step of the row\'s first token (prompt <= 0)', fontsize=8)
-  ids = frame['token_id'].to_numpy()[gen]
-  frac = rep[gen].mean() if gen.any() else 0.0
-  period, tail = loop_period(ids.tolist())
-  loop = ''
-  if period and tail >= 8:
-    loop = (f'; the last {tail} tokens repeat one token' if period == 1 else
-            f'; the last {tail} tokens repeat a {period}-token cycle')
-  label = f'{int(frame["ngram"].iloc[0])}-gram' if 'ngram' in frame else 'n-gram'
-  title = (f'GPT-2 greedy decoding: {frac:.0%} of the {gen.sum()} generated tokens end a '
-           f'{label} seen before{loop}')
-  ax.set_title('\n'.join(textwrap.wrap(title, 70)), fontsize=9)
-  handles = [matplotlib.patches.Patch(color=COLORS[k], label=v) for k, v in
-             (('prompt', 'prompt'), ('new', 'new n-gram'), ('repeated', 'repeated n-gram'))]
-  ax.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, -0.01), ncol=3,
-            fontsize=7, frameon=False)
-  return ax
-
-
-def repetition_curve(ax, frame):
-  """Companion panel: running fraction of repeated n-grams and the greedy token's probability
-  against the generation step (both rise as decoding locks into a loop)."""
-  g = frame[frame['part'] == 'generated'].sort_values('step')
-  ax.plot(g['step'], g['repeated_fraction'], color='tab:red', label='fraction of repeated n-grams')
-  if g['p_greedy'].notna().any():
-    ax.plot(g['step'], g['p_greedy'], color='tab:blue', lw=0.8, alpha=0.8,
-            label='p(greedy token)')
-  ax.set(ylim=(0, 1.02), xlabel='generation step', ylabel='fraction / probability')
-  ax.legend(fontsize=8)
-  return ax
+  return {'ngram': np.full(len(seq), ngram), 'step': np.arange(1 - P, len(ids) + 1),
+          'part': np.array(['prompt'] * P + ['generated'] * len(ids)),
+          'token_id': np.array(seq, np.int64),
+          'token_text': np.array([json.dumps(token_text(i), ensure_ascii=False) for i in seq],
+                                 dtype=object),
+          'seen': seen, 'repeated': repeated, 'repeated_fraction': frac, 'p_greedy': p}

@@ -17,10 +17,12 @@ import numpy as np
 import optax
 import pandas as pd
 
+from ccmc_jax.errors import UserError  # re-exported: io.UserError
+
 FLOAT_FORMAT = '%.9g'  # float32 round-trips; identical bytes for identical numbers.
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
   """A results CSV that cannot be used (missing, malformed, wrong columns)."""
 
 

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 import pandas as pd
 
-from ccmc_jax import gpt2
 from ccmc_jax import io
 from experiments.plots import style
 
@@ -343,7 +342,7 @@ def run(entry, quick=None):
         main(entry)
       else:
         entry(argv)
-    except (FlagError, io.ResultsError, gpt2.GPT2Error) as e:
+    except (FlagError, io.UserError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:

@@ -43,19 +43,6 @@ def test_same_seed_same_bytes_other_seed_other_numbers(tmp_path, sc_seed0):
                                                                 'sample_complexity')
 
 
-def test_collapse_same_seed_same_bytes(tmp_path):
-  args = ['--T=300', '--seeds=10']
-  a = run('experiments.collapse', *args, tmp=tmp_path / 'a')
-  b = run('experiments.collapse', *args, tmp=tmp_path / 'b')
-  c = run('experiments.collapse', *args, '--seed=5', tmp=tmp_path / 'c')
-  assert a.returncode == b.returncode == c.returncode == 0, a.stderr + c.stderr
-  assert 'GPT-2 panel (paper Fig. 5 left) skipped: no --hf_model_dir' in a.stderr
-  assert not os.path.exists(tmp_path / 'a' / 'results' / 'collapse_gpt2.csv')
-  for name in ('collapse', 'collapse_seeds'):
-    assert csv_bytes(tmp_path / 'a', name) == csv_bytes(tmp_path / 'b', name)
-    assert csv_bytes(tmp_path / 'a', name) != csv_bytes(tmp_path / 'c', name)
-
-
 def test_meta_sidecar_records_flags_versions_and_commit(sc_seed0):
   import json
   with open(sc_seed0 / 'results' / 'sample_complexity.meta.json') as f:
@@ -166,7 +153,6 @@ def test_bad_P_file(tmp_path, content, why):
 
 
 @pytest.mark.parametrize('module,name', [('experiments.sample_complexity', 'sample_complexity'),
-                                         ('experiments.collapse', 'collapse'),
                                          ('experiments.ccmc_example', 'ccmc_example')])
 @pytest.mark.parametrize('content,why', [
     ('a,b\n1,2\n', 'lacks column'),
@@ -178,12 +164,9 @@ def test_plot_only_rejects_malformed_csv(tmp_path, module, name, content, why):
   results.mkdir()
   if content is None:  # the right columns, a non-numeric value
     good = {'sample_complexity': 'K,L,n,trial,error,predicted_error\n3,10,x,0,0.1,0.1\n',
-            'collapse': 'variant,seed,t,token,frequency,emitted\nrandom,0,x,0,0.5,1\n',
             'ccmc_example': 'quantity,row,col,value\nP,0,0,x\n'}
     content = good[name]
   (results / f'{name}.csv').write_text(content)
-  if name == 'collapse':
-    (results / 'collapse_seeds.csv').write_text('variant,seed,top1,top2,K\nrandom,0,0.5,0.8,6\n')
   r = run(module, '--plot_only', tmp=tmp_path)
   assert r.returncode == 2, r.stderr
   lines = r.stderr.strip().splitlines()

@@ -21,7 +21,7 @@ def compilations(stderr):
 
 @pytest.mark.parametrize('module, args, expected', [
     # 2 variants x (the traced trajectory, the 10-seed sweep): 4, none per seed.
-    ('experiments.collapse', ['--T=300', '--seeds=10'], {'run': 4}),
+    ('experiments.collapse', ['--T=300', '--seeds=10'], {'run_trial': 4}),
 ])
 def test_one_compilation_per_shape(tmp_path, module, args, expected):
   r = run_module(module, *args, tmp=tmp_path, env={'JAX_LOG_COMPILES': '1', 'CCMC_JAX_CACHE': ''})

@@ -3,15 +3,20 @@ safetensors writer against the reader, the JAX forward pass and greedy decoding 
 float64 numpy forward pass (loops over heads and positions, explicit causal softmax), the BPE
 tokenizer against hand-worked merges, the repetition table against brute force, and one-line
 errors for broken folders."""
+import ast
+import glob
 import json
 import math
 import os
 
+import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from ccmc_jax import io
 from ccmc_jax import gpt2 as g2
+from experiments.plots import gpt2_repetition as plots
 
 N_LAYER, N_HEAD, N_EMBD, N_POS = 2, 2, 16, 64
 # Merges in rank order; each adds the concatenated token to the vocabulary.
@@ -193,7 +198,6 @@ def test_load_gpt2_round_trips_weights_and_stacks_layers(tmp_path, dtype, prefix
 # ------------------------------------------------------------------------ forward, decode
 
 def test_forward_matches_literal_numpy_forward(folder):
-  import jax
   path, w = folder
   model = g2.load_gpt2(path)
   ids = np.random.default_rng(2).integers(0, V, 13)
@@ -202,11 +206,12 @@ def test_forward_matches_literal_numpy_forward(folder):
   got = np.asarray(fwd(model.params, model.config, ids))
   assert got.shape == (13, V)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(g2.forward(model.params, model.config, ids)), got,
-                             atol=1e-5)
-  # Causality: logits of the first 5 positions ignore the later tokens.
-  np.testing.assert_allclose(np.asarray(fwd(model.params, model.config, ids[:5])), got[:5],
-                             atol=1e-5)
+  # Causality: logits of the first 5 positions ignore the later tokens (same length: no
+  # second compilation).
+  other = np.r_[ids[:5], (ids[5:] + 1) % V]
+  changed = np.asarray(fwd(model.params, model.config, other))
+  np.testing.assert_allclose(changed[:5], got[:5], atol=1e-5)
+  assert np.abs(changed[5:] - got[5:]).max() > 1e-3
 
 
 def test_untied_lm_head_is_used(tmp_path):
@@ -214,8 +219,8 @@ def test_untied_lm_head_is_used(tmp_path):
   model = g2.load_gpt2(str(tmp_path))
   assert 'lm_head' in model.params
   ids = np.arange(6)
-  np.testing.assert_allclose(np.asarray(g2.forward(model.params, model.config, ids)),
-                             np_forward(w, ids), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(jax.jit(g2.forward, static_argnums=1)(
+      model.params, model.config, ids)), np_forward(w, ids), atol=1e-4, rtol=1e-4)
 
 
 def test_greedy_decode_equals_argmax_by_hand_and_compiles_once(folder):
@@ -231,14 +236,13 @@ def test_greedy_decode_equals_argmax_by_hand_and_compiles_once(folder):
     seq.append(int(np.argmax(logits)))
     p = np.exp(logits - logits.max())
     probs.append(p.max() / p.sum())
-  before = g2.TRACES['decoder']
   ids, p_greedy = g2.greedy_decode(model, prompt, steps)
   np.testing.assert_array_equal(ids, seq[len(prompt):])
   np.testing.assert_allclose(p_greedy, probs, atol=1e-4)
   # Same buffer length (prompt + steps), other prompt: the jitted decoder is reused.
   other = [5, 9, 1, 7, 3, 2]
   ids2, _ = g2.greedy_decode(model, other, len(prompt) + steps - len(other))
-  assert g2.TRACES['decoder'] - before <= 1
+  assert g2._decoder(model.config, len(prompt) + steps)._cache_size() == 1  # traced once
   ref = list(other)
   for _ in range(len(prompt) + steps - len(other)):
     ref.append(int(np.argmax(np_forward(w, np.array(ref))[-1])))
@@ -247,9 +251,9 @@ def test_greedy_decode_equals_argmax_by_hand_and_compiles_once(folder):
 
 def test_decode_checks_positions_and_ids(folder):
   model = g2.load_gpt2(folder[0])
-  with pytest.raises(g2.GPT2Error, match='--gpt2_steps: prompt \\+ steps = 65 .*n_positions=64'):
+  with pytest.raises(g2.GPT2Error, match='^steps: prompt \\+ steps = 65 .*n_positions=64'):
     g2.greedy_decode(model, [1, 2, 3, 4, 5], 60)
-  with pytest.raises(g2.GPT2Error, match='--gpt2_prompt_ids'):
+  with pytest.raises(g2.GPT2Error, match='^prompt_ids'):
     g2.greedy_decode(model, [1, V], 3)
   with pytest.raises(g2.GPT2Error, match='empty'):
     g2.greedy_decode(model, [], 3)
@@ -308,9 +312,9 @@ def test_prompt_token_ids(folder):
   path, _ = folder
   assert g2.prompt_token_ids(path, prompt_ids=['3', ' 7', 0]) == [3, 7, 0]
   assert g2.prompt_token_ids(path, prompt=' the cat') == [VOCAB['Ġthe'], VOCAB['Ġcat']]
-  with pytest.raises(g2.GPT2Error, match=r'^--gpt2_prompt_ids=x is invalid'):
+  with pytest.raises(g2.GPT2Error, match=r'^prompt_ids=x is invalid'):
     g2.prompt_token_ids(path, prompt_ids=['1', 'x'])
-  with pytest.raises(g2.GPT2Error, match=rf'^--gpt2_prompt_ids={V} is invalid'):
+  with pytest.raises(g2.GPT2Error, match=rf'^prompt_ids={V} is invalid'):
     g2.prompt_token_ids(path, prompt_ids=[str(V)])
 
 
@@ -320,7 +324,7 @@ def one_line_error(fn, *args, match):
   with pytest.raises(g2.GPT2Error) as e:
     fn(*args)
   msg = str(e.value)
-  assert '\n' not in msg and msg.startswith(('--hf_model_dir=', '--gpt2')), msg
+  assert '\n' not in msg and msg.startswith(('model_dir=', 'prompt', 'steps', 'ngram')), msg
   assert isinstance(e.value, ValueError)
   assert match in msg, msg
   return msg
@@ -384,8 +388,7 @@ def test_folder_without_tokenizer_needs_prompt_ids(tmp_path):
   one_line_error(g2.check_model_dir, str(tmp_path), N_POS + 1, match='exceeds')
   model = g2.load_gpt2(str(tmp_path))
   assert model.tokenizer is None and model.token_text(7) == '<7>'
-  with pytest.raises(g2.GPT2Error, match=r'^--gpt2_prompt: .* give the prompt as comma-separated '
-                     r'--gpt2_prompt_ids'):
+  with pytest.raises(g2.GPT2Error, match=r'^prompt: .* give the prompt as token ids'):
     g2.prompt_token_ids(model, prompt='hello')
 
 
@@ -396,13 +399,17 @@ def brute_repeated(seq, n):
                                  for j in range(n - 1, i))) for i in range(len(seq))]
 
 
+def table(*args, **kw):
+  return pd.DataFrame(g2.repetition_table(*args, **kw))
+
+
 def test_repetition_table_against_brute_force():
   rng = np.random.default_rng(3)
   for n in (1, 2, 3, 4):
     seq = list(rng.integers(0, 4, 40))
     np.testing.assert_array_equal(g2.repeated_ngrams(seq, n), brute_repeated(seq, n))
-  frame = g2.build_frame([1, 2], [3, 4, 5, 3, 4, 5, 3, 4, 5], str, ngram=3)
-  assert list(frame.columns) == g2.FRAME_COLUMNS
+  frame = table([1, 2], [3, 4, 5, 3, 4, 5, 3, 4, 5], str, ngram=3)
+  assert list(frame.columns) == g2.TABLE_COLUMNS
   gen = frame[frame['part'] == 'generated']
   assert list(frame['step']) == list(range(-1, 10))
   assert list(gen['repeated']) == [0, 0, 0, 0, 0, 1, 1, 1, 1]
@@ -416,64 +423,101 @@ def test_repetition_table_against_brute_force():
   assert g2.loop_period([9, 1, 2, 3, 3, 1, 2, 3, 3, 1, 2, 3, 3]) == (4, 12)
 
 
-def test_frame_survives_csv_and_panel_renders(tmp_path, folder):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+def test_table_survives_csv_and_figure_shows_it(tmp_path, folder):
   texts = {0: 'NA', 1: '\n\n', 2: ' a,"b"', 3: ' $x$', 4: '   ', 5: 'null'}
-  frame = g2.build_frame([0, 1], [2, 3, 4, 5, 2, 3, 4, 5], texts.__getitem__, np.full(8, 0.5),
-                         ngram=2)
-  csv = str(tmp_path / 'collapse_gpt2.csv')
+  frame = table([0, 1], [2, 3, 4, 5, 2, 3, 4, 5], texts.__getitem__, np.full(8, 0.5), ngram=2)
+  csv = str(tmp_path / 'gpt2_repetition.csv')
   io.write_csv(frame, csv)
-  back = g2.read_frame(csv)
+  back = plots.read_frame(csv)
   assert [json.loads(t) for t in back['token_text']] == [texts[i] for i in frame['token_id']]
-  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3))
-  g2.repetition_panel(ax, back, columns=4)
-  g2.repetition_curve(ax2, back)
+  fig = plots.plot(csv)
+  ax, ax2 = fig.axes[:2]
+  # The grid: one cell text per token, the prompt grey, repeated 2-grams red (the last 3).
   assert '2-gram' in ax.get_title() and '4-token cycle' in ax.get_title()
+  assert '38% of the 8 generated' in ax.get_title().replace('\n', ' ')
   assert len(ax.texts) == len(back)
-  fig.savefig(str(tmp_path / 'panel.png'))
-  plt.close(fig)
+  grid = ax.images[0].get_array()
+  assert grid.shape == (1, 10)
+  np.testing.assert_array_equal(grid[0], [0, 0, 1, 1, 1, 1, 1, 2, 2, 2])
+  # The curve: the running repetition fraction ends at 3/8; p_greedy is 0.5 throughout.
+  lines = {l.get_label(): l for l in ax2.get_lines()}
+  np.testing.assert_allclose(lines['fraction of repeated n-grams'].get_ydata()[-1], 3 / 8)
+  np.testing.assert_allclose(lines['p(greedy token)'].get_ydata(), 0.5)
+  plots.style.save(fig, str(tmp_path), 'panel')
+  assert (tmp_path / 'panel.png').stat().st_size > 0
 
   model = g2.load_gpt2(folder[0])
   prompt = model.tokenizer.encode('the cat')  # 't', 'he', 'Ġcat'
-  frame = g2.generation_frame(model, prompt, steps=30, ngram=4)
-  assert len(frame) == 33 and frame['p_greedy'].iloc[3:].between(0, 1).all()
+  # The buffer length of test_greedy_decode_...: its compiled decoder is reused.
+  steps = len(model.tokenizer.encode('the cat sat on')) + 8 - len(prompt)
+  ids, p = g2.greedy_decode(model, prompt, steps)
+  frame = table(prompt, ids, model.token_text, p, ngram=4)
+  assert len(frame) == 3 + steps and frame['p_greedy'].iloc[3:].between(0, 1).all()
   assert frame['token_text'].map(json.loads).iloc[:3].tolist() == ['t', 'he', ' cat']
 
 
-def test_validate_flags_reads_no_weights_and_names_the_flag(tmp_path, folder):
+def test_check_inputs_reads_no_weights_and_names_the_argument(tmp_path, folder):
   path, _ = folder
-  assert g2.validate_flags(path, ' the cat', [], 10) == [VOCAB['Ġthe'], VOCAB['Ġcat']]
-  assert g2.validate_flags(path, '', ['4', '5'], N_POS - 2) == [4, 5]
-  with pytest.raises(g2.GPT2Error, match='^--gpt2_steps: prompt \\+ steps = 65'):
-    g2.validate_flags(path, '', ['4', '5'], N_POS - 1)
-  with pytest.raises(g2.GPT2Error, match='^--gpt2_steps=0 is invalid'):
-    g2.validate_flags(path, 'x', [], 0)
-  with pytest.raises(g2.GPT2Error, match='^--hf_model_dir=.*no such folder'):
-    g2.validate_flags(str(tmp_path / 'missing'), 'x', [], 5)
+  assert g2.check_inputs(path, ' the cat', [], 10) == [VOCAB['Ġthe'], VOCAB['Ġcat']]
+  assert g2.check_inputs(path, '', ['4', '5'], N_POS - 2) == [4, 5]
+  with pytest.raises(g2.GPT2Error, match='^steps: prompt \\+ steps = 65'):
+    g2.check_inputs(path, '', ['4', '5'], N_POS - 1)
+  with pytest.raises(g2.GPT2Error, match='^steps=0 is invalid'):
+    g2.check_inputs(path, 'x', [], 0)
+  with pytest.raises(g2.GPT2Error, match='^ngram=0 is invalid'):
+    g2.check_inputs(path, 'x', [], 3, ngram=0)
+  with pytest.raises(g2.GPT2Error, match='^model_dir=.*no such folder') as e:
+    g2.check_inputs(str(tmp_path / 'missing'), 'x', [], 5)
+  assert e.value.arg == 'model_dir' and isinstance(e.value, io.UserError)
+  assert g2.param_count(g2.read_config(path)) == sum(a.size for k, a in folder[1].items()
+                                                     if k != 'h.0.attn.bias')
   csv = str(tmp_path / 'empty.csv')
-  io.write_csv(g2.build_frame([1, 2], [], str), csv)
+  io.write_csv(table([1, 2], [], str), csv)
   with pytest.raises(io.ResultsError, match='no generated tokens'):
-    g2.read_frame(csv)
+    plots.read_frame(csv)
 
 
-def test_collapse_draws_the_gpt2_panel_from_a_local_folder(tmp_path, folder):
-  """`experiments.collapse --hf_model_dir=...` writes collapse_gpt2.csv and its figure."""
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = tmp_path / 'out'
-  cmd = [sys.executable, '-m', 'experiments.collapse', '--T=50', '--seeds=2',
-         f'--results_dir={out}', f'--figures_dir={out}', f'--hf_model_dir={folder[0]}',
-         '--gpt2_prompt=the cat', '--gpt2_steps=12']
-  r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                     env=dict(os.environ, JAX_PLATFORMS='cpu'))
+def test_gpt2_repetition_script(tmp_path, folder):
+  """`experiments.gpt2_repetition --hf_model_dir=...` writes its CSV and figure; a bad flag is
+  one line naming the script's flag; without the folder it is a one-line notice, exit 0."""
+  from conftest import run_module
+  args = [f'--hf_model_dir={folder[0]}', '--prompt=the cat', '--steps=12']
+  r = run_module('experiments.gpt2_repetition', *args, tmp=tmp_path)
   assert r.returncode == 0, r.stderr
-  frame = g2.read_frame(str(out / 'collapse_gpt2.csv'))
+  frame = plots.read_frame(str(tmp_path / 'results' / 'gpt2_repetition.csv'))
   assert len(frame) == 3 + 12 and (frame['part'] == 'generated').sum() == 12
   for ext in ('png', 'pdf'):
-    assert (out / f'collapse_gpt2.{ext}').stat().st_size > 0
-  bad = subprocess.run(cmd[:-1] + ['--gpt2_steps=0'], cwd=root, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert bad.returncode == 2 and bad.stderr.strip().startswith('error: --gpt2_steps=0')
+    assert (tmp_path / 'figures' / f'gpt2_repetition.{ext}').stat().st_size > 0
+  bad = run_module('experiments.gpt2_repetition', f'--hf_model_dir={tmp_path}/none',
+                   tmp=tmp_path / 'bad')
+  assert bad.returncode == 2 and bad.stderr.strip().startswith(
+      f'error: --hf_model_dir={tmp_path}/none: no such folder'), bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1
+  skip = run_module('experiments.gpt2_repetition', tmp=tmp_path / 'skip')
+  assert skip.returncode == 0 and 'skipped: no --hf_model_dir' in skip.stderr
+  assert len(skip.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / 'skip' / 'results')
+
+
+def test_gpt2_module_is_optional_and_light():
+  """The core never imports gpt2, and gpt2 imports neither absl, pandas nor matplotlib (also
+  not through ccmc_jax.io): read from the sources, no subprocess needed."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def imports(path):
+    out = set()
+    for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+      if isinstance(node, ast.Import):
+        out |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        out |= {f'{node.module}.{a.name}' for a in node.names} | {node.module}
+    return out
+
+  for path in glob.glob(os.path.join(root, 'ccmc_jax', '**', '*.py'), recursive=True):
+    if not path.endswith('gpt2.py'):
+      assert not {i for i in imports(path) if 'gpt2' in i}, path
+  for module in ('gpt2', 'errors'):
+    heavy = {i for i in imports(os.path.join(root, 'ccmc_jax', f'{module}.py'))
+             if i.split('.')[0] in ('absl', 'pandas', 'matplotlib') or i == 'ccmc_jax.io'}
+    assert not heavy, (module, heavy)
+  assert not {i for i in imports(os.path.join(root, 'experiments', 'common.py')) if 'gpt2' in i}
