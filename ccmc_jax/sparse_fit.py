@@ -20,8 +20,6 @@ small K it hands the data to the dense batched Newton of :mod:`ccmc_jax.fit` ('n
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,7 +145,6 @@ def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
 
   def body(state):
     A, z, s, g, y, p, gy, it, _ = state
-    A_new = A
     alpha, z = line_search(A, z, s, g, p)
     A = A + alpha[:, None] * p
     s, g_new, y_new = gradient(A, z)
@@ -155,8 +152,7 @@ def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
     beta = jnp.maximum((gy_new - jnp.sum(g_new * y, axis=1)) / jnp.maximum(gy, 1e-38), 0.0)
     p = -y_new + beta[:, None] * p
     descent = jnp.sum(g_new * p, axis=1) < 0
-    p = jnp.where(descent[:, None], p, -y_new)
-    del A_new
+    p = jnp.where(descent[:, None], p, -y_new)  # restart a row when p is not downhill
     return A, z, s, g_new, y_new, p, gy_new, it + 1, n * gy_new
 
   def cond(state):
