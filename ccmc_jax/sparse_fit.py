@@ -118,8 +118,10 @@ def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
     s = e / jnp.sum(e, axis=-1, keepdims=True)
     both = jnp.zeros((flat, 2), jnp.float32).at[idx].add(jnp.stack([s, s - s * s], -1) * w)
     g = both[:, 0].reshape(K, K) - b + ridge * A
-    D = both[:, 1].reshape(K, K) + ridge
-    y = jnp.where(D > 0, g / jnp.where(D > 0, D, 1.0), 0.0)
+    # The diagonal floor (a millionth of one sample's curvature) keeps the preconditioned step
+    # finite for a token whose softmax weight rounds to 1 (ridge = 0, scores far apart).
+    D = jnp.maximum(both[:, 1].reshape(K, K) + ridge, 1e-6 * w)
+    y = g / D
     y = y - y.mean(axis=1, keepdims=True)  # stay in the gauge subspace (zero row means)
     return s, g, y
 

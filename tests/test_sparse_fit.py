@@ -221,3 +221,15 @@ def test_uniform_theory_matches_the_monte_carlo_theory():
   np.testing.assert_allclose(theory.predicted_error_uniform(A, L, 1000), mc_pred, rtol=0.02)
   with pytest.raises(ValueError, match='L must be >= 3 for cross'):
     theory.predicted_error_uniform(A, 2, 1000, cross=True)
+
+
+def test_mle_nonexistence_stays_finite_even_without_ridge():
+  """Token 2 is in every prompt of row 0 but never the answer: the MLE does not exist; the
+  estimate stays finite and puts (almost) no mass there, with ridge 0 too."""
+  X = np.array([[1, 2, 0]] * 50)
+  y = np.array([0, 1] * 25)
+  for ridge in (0.0, 1e-6):
+    res = ccmc_jax.fit_mle(X, y, 3, ridge=ridge, method='cg')
+    P = np.asarray(jax.nn.softmax(res.A_hat, -1))
+    assert np.all(np.isfinite(P)) and P[0, 2] < 1e-3
+    np.testing.assert_allclose(P[0, :2], [0.5, 0.5], atol=1e-3)
