@@ -7,6 +7,7 @@ formula: ``docs/theory.md``. Modules, one per concept:
   model       attention forward pass, base chain P, CCMC next-token law (Lemma 2.2)
   sampling    ground truth, IID prompts, next tokens
   fit         convex maximum-likelihood estimation (batched Newton), error metrics
+  sparse_fit  the MLE from token ids at vocabulary scale: fit_mle (nonlinear CG or Newton)
   trajectory  single-trajectory generation (lax.scan), collapse statistics
   theory      asymptotic error prediction
   identifiability  co-occurrence graphs, identifiability test (Thm 3.4), min-norm limit
@@ -51,8 +52,11 @@ from ccmc_jax.model import zero_diagonal
 from ccmc_jax.sampling import Dataset
 from ccmc_jax.sampling import sample_dataset
 from ccmc_jax.sampling import sample_scores
+from ccmc_jax.sampling import sample_sparse_dataset
+from ccmc_jax.sparse_fit import fit_mle
 from ccmc_jax.sampling import uniform_prompt
 from ccmc_jax.theory import predicted_error
+from ccmc_jax.theory import predicted_error_uniform
 from ccmc_jax.trajectory import Trajectory
 from ccmc_jax.trajectory import as_dataset
 from ccmc_jax.trajectory import generate as generate_trajectory
@@ -66,7 +70,8 @@ __all__ = [
     'zero_diagonal',
     # sampling, fitting, error (paper Sec. 3)
     'Dataset', 'FitResult', 'cooccurrence_graph', 'fit_dataset', 'fit_scores', 'p_error',
-    'predicted_error', 'sample_dataset', 'sample_scores', 'uniform_prompt',
+    'predicted_error', 'predicted_error_uniform', 'sample_dataset',
+    'fit_mle', 'sample_sparse_dataset', 'sample_scores', 'uniform_prompt',
     # one trajectory (paper Sec. 4)
     'Trajectory', 'as_dataset', 'generate_trajectory',
 ]
