@@ -3,7 +3,7 @@
 On the default sample-complexity settings (K = 5, 10, 20; L = 10; n = 1e3 ... 1e5; 20 trials)
 it times, on the same data:
 
-  (a) ours: ``experiments.sample_complexity``'s fit cell, jit(vmap over trials), one compilation
+  (a) ours: ``ccmc_jax.trials.sample_complexity``'s data and fit cell, jit(vmap over trials), one compilation
       per K serving every n (batched Newton, ``ccmc_jax.fit.fit_scores``); compile time apart;
   (b) SciPy: NumPy objective + analytic gradient, ``scipy.optimize.minimize(L-BFGS-B)``, one
       trial and one n at a time (``benchmarks.reference.fit_scipy``);
@@ -31,9 +31,15 @@ import tempfile
 import time
 
 from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from benchmarks import reference
+from ccmc_jax import fit
+from ccmc_jax import io
+from ccmc_jax.trials import sample_complexity as sc_trials
 from experiments import common
 from experiments import sample_complexity as sc
 
@@ -57,18 +63,15 @@ def _timed(fn, *args):
 
 
 def _block(tree):
-  import jax  # pylint: disable=import-outside-toplevel
   return jax.block_until_ready(tree)
 
 
 def bench_K(K, L, ns, trials, ref_trials, ridge):
   """Rows for one K: ours (all trials) and both references (``ref_trials`` trials)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from ccmc_jax import fit  # pylint: disable=import-outside-toplevel
-  gen = sc._compiled(K, L, max(ns), 1000, 1.0, False, 'uniform')  # pylint: disable=protected-access
-  (A, data, _), t_data = _timed(lambda k: _block(gen(k)), sc.trial_keys(0, K, L, trials))
-  capacity = fit.round_capacity(fit.row_capacity(data.query, K), 1024)
+  setting = sc_trials.Setting(K, L, tuple(ns), mc_samples=1000)
+  (A, data, _), t_data = _timed(lambda k: _block(sc_trials.generate(setting, k)),
+                                sc_trials.keys(0, setting, trials))
+  capacity = sc_trials.capacity(data.query, K)
 
   group = jax.jit(jax.vmap(lambda d: fit.group_by_query(d, K, capacity)[0]))
 
@@ -126,8 +129,6 @@ def whole_command():
 
 
 def main(_):
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-  from ccmc_jax import io  # pylint: disable=import-outside-toplevel
   if flags.FLAGS.quick:
     for name, value in {'K': ['5'], 'trials': 4, 'ref_trials': 1, 'whole_command': False}.items():
       if not flags.FLAGS[name].present:

@@ -5,18 +5,23 @@ The experiments import ``ccmc_jax``; ``ccmc_jax`` never imports this.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import pandas as pd
 
 from ccmc_jax import gpt2
 from ccmc_jax import io
+from experiments.plots import style
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
 flags.DEFINE_string('results_dir', 'results', 'Folder for the CSV results and .meta.json.')
@@ -104,12 +109,12 @@ class Results:
   """
 
   def __init__(self, name, keys, flag_dict, resume=False):
-    import pandas as pd  # pylint: disable=import-outside-toplevel
     self.name, self.keys, self.flags = name, list(keys), flag_dict
     self.path = os.path.join(FLAGS.results_dir, f'{name}.csv')
     self.meta_path = os.path.join(FLAGS.results_dir, f'{name}.meta.json')
     self.frame = pd.DataFrame()
     self.start = time.time()
+    self._meta_written = False
     if resume and os.path.isfile(self.path):
       meta = io.read_meta(self.meta_path) or {}
       old = {k: v for k, v in meta.get('flags', {}).items() if k not in NEUTRAL_FLAGS}
@@ -130,13 +135,19 @@ class Results:
     return bool(getattr(mask, 'any', lambda: mask)())
 
   def add(self, rows):
-    """Append rows (a DataFrame) and rewrite the CSV atomically (status 'partial')."""
-    import pandas as pd  # pylint: disable=import-outside-toplevel
+    """Append rows (a DataFrame, or a dict of columns) and rewrite the CSV atomically.
+
+    The sidecar (status 'partial', the flags --resume checks) is written at the first add
+    only: the flags do not change during a run, and :meth:`finish` writes the final one.
+    """
+    rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    first = not self._meta_written
     self.frame = pd.concat([self.frame, rows], ignore_index=True) if len(self.frame) else rows
     self.frame = self.frame.sort_values(self.keys, kind='stable').reset_index(drop=True)
     io.write_csv(self.frame, self.path)
-    io.write_meta(self.meta_path, self.flags, status='partial', rows=len(self.frame),
-                  keys=self.keys)
+    if first:
+      io.write_meta(self.meta_path, self.flags, status='partial', keys=self.keys)
+      self._meta_written = True
 
   def finish(self, **extra):
     """Mark the results complete in the sidecar, with the wall time."""
@@ -147,19 +158,8 @@ class Results:
 
 
 def save_figure(fig, name):
-  """Save ``figures_dir/name.png`` and ``.pdf`` atomically (temporary file, then rename)."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  os.makedirs(FLAGS.figures_dir, exist_ok=True)
-  paths = []
-  for ext in ('png', 'pdf'):
-    path = os.path.join(FLAGS.figures_dir, f'{name}.{ext}')
-    tmp = path + '.tmp'
-    fig.savefig(tmp, format=ext, dpi=150, bbox_inches='tight',
-                metadata={'CreationDate': None} if ext == 'pdf' else {'Software': None})
-    os.replace(tmp, path)
-    paths.append(path)
-  plt.close(fig)
-  return paths
+  """Save ``figures_dir/name.png`` and ``.pdf`` atomically (see ``plots.style.save``)."""
+  return style.save(fig, FLAGS.figures_dir, name)
 
 
 def csv_paths(*names):
@@ -194,6 +194,69 @@ def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary
   progress(f'{name}: wrote {", ".join(paths)}')
 
 
+def apply_quick(values):
+  """``--quick``: set each flag of ``values`` (name -> value) that the user did not set."""
+  for name, value in values.items():
+    if not FLAGS[name].present:
+      FLAGS[name].value = value
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """One results CSV of an experiment: ``results_dir/<name>.csv`` sorted by ``keys``.
+
+  ``summary(frame) -> dict`` goes into its sidecar at the end; ``resume=False`` for a table
+  that is always rewritten (e.g. a fixed worked example).
+  """
+  name: str
+  keys: Sequence[str]
+  summary: Optional[Callable[[pd.DataFrame], dict]] = None
+  resume: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What :func:`main` needs to run an experiment.
+
+  Attributes:
+    name: the figure's name (``figures_dir/<name>.png/.pdf``).
+    tables: the results CSVs; the first is the experiment's main table.
+    flag_names: the script's own flags (recorded in every sidecar).
+    validate: ``() -> checked`` raising FlagError; called before any work.
+    run: ``(checked, results) -> None`` with ``results`` a dict table name -> Results; it
+      adds rows as settings finish (skipping ``results[...].done(...)`` ones under --resume).
+    plot: ``(*csv paths in table order) -> Figure``, from the CSVs only.
+    message: ``(main table's summary dict) -> str``, the final progress line (optional).
+  """
+  name: str
+  tables: Sequence[Table]
+  flag_names: Sequence[str]
+  validate: Callable[[], Any]
+  run: Callable[[Any, dict], None]
+  plot: Callable[..., Any]
+  message: Optional[Callable[[dict], str]] = None
+
+
+def main(spec: Spec):
+  """The main of every experiment: check the flags, run (each table written atomically as it
+  grows), record each table's summary in its sidecar, then draw the figure from the CSVs
+  alone and save it; with ``--plot_only`` just the last step."""
+  paths = csv_paths(*(t.name for t in spec.tables))
+  if not FLAGS.plot_only:
+    checked, flag_dict = start(spec.validate, spec.flag_names)
+    results = {t.name: Results(t.name, t.keys, flag_dict, FLAGS.resume and t.resume)
+               for t in spec.tables}
+    spec.run(checked, results)
+    for t in reversed(spec.tables):  # the main table last: its wall time covers the run
+      stats = t.summary(results[t.name].frame) if t.summary else {}
+      wall = results[t.name].finish(**stats)
+    first = spec.tables[0].name
+    line = spec.message(stats) + '; ' if spec.message else ''
+    progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
+  figures = save_figure(spec.plot(*paths), spec.name)
+  progress(f'{spec.name}: wrote {", ".join(figures)}')
+
+
 XLA_OPT_LEVEL = '--xla_backend_optimization_level=1'
 
 
@@ -211,7 +274,6 @@ def setup_jax(use_cache=True):
   xla_flags = os.environ.get('XLA_FLAGS', '')
   if 'xla_backend_optimization_level' not in xla_flags:
     os.environ['XLA_FLAGS'] = f'{xla_flags} {XLA_OPT_LEVEL}'.strip()
-  import jax  # pylint: disable=import-outside-toplevel
   cache = os.environ.get('CCMC_JAX_CACHE', os.path.expanduser('~/.cache/ccmc_jax/xla'))
   if cache and use_cache:
     jax.config.update('jax_compilation_cache_dir', cache)
@@ -222,11 +284,13 @@ def _raise_interrupt(signum, frame):
   raise KeyboardInterrupt(f'signal {signum}')
 
 
-def run(main, quick=None):
+def run(entry, quick=None):
   """``absl.app.run`` with one-line errors and a clean exit on Ctrl-C / SIGTERM.
 
-  ``quick()``, when given, applies the script's small settings under ``--quick`` (to the flags
-  the user did not set) before ``main`` runs.
+  ``quick``, when given, is the script's small settings for ``--quick``: a dict flag name ->
+  value (applied to the flags the user did not set, :func:`apply_quick`) or a function doing
+  it; it is applied before ``entry`` runs: a :class:`Spec` (run by :func:`main`) or a function
+  ``entry(argv)``.
 
   Flag and results errors print ``error: ...`` and exit 2 (no traceback). An interrupt exits
   130; the CSV then holds every setting finished so far (each was written atomically).
@@ -240,8 +304,14 @@ def run(main, quick=None):
     logging.set_verbosity(logging.WARNING)
     try:
       if quick is not None and FLAGS.quick:
-        quick()
-      main(argv)
+        if callable(quick):
+          quick()
+        else:
+          apply_quick(quick)
+      if isinstance(entry, Spec):
+        main(entry)
+      else:
+        entry(argv)
     except (FlagError, io.ResultsError, gpt2.GPT2Error) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
