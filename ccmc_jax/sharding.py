@@ -18,10 +18,13 @@ always over ``jax.local_devices()``), writes its own results, and the per-proces
 concatenated afterwards. Trial ``i`` always draws from ``fold_in(key, i)`` with its global
 index ``i``, so the concatenation equals the single-process sweep.
 
-Check on a CPU-only machine with, e.g., ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
+Check on a CPU-only machine with, e.g., ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
+(call :func:`ensure_cpu_threads` before JAX starts; the experiments do).
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -35,6 +38,27 @@ AXIS = 'trials'
 # kernels, whose float results differ in the last bits (seen on CPU in the Newton fits); with
 # two or more trials per device every trial's numbers match the unsharded batch.
 MIN_PER_DEVICE = 2
+
+
+def ensure_cpu_threads(environ=None) -> int | None:
+  """With ``N > 1`` forced host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``)
+  give XLA's CPU thread pool at least ``2N`` threads (env ``PJRT_NPROC``, read when the CPU
+  client starts: call this before the first JAX computation). Returns the size set, or None.
+
+  Why: jaxlib 0.10.2's batched LAPACK kernels (solve, Cholesky, eigh) split their batch over
+  that pool and block a pool thread until the pieces finish; with one program per forced device
+  running at once on a pool sized by the CPU count (2 here), every thread can end up waiting
+  and the sweep hangs. More threads than concurrent waiters avoids it; the numbers do not
+  change (``tests/test_sharding.py``). A ``PJRT_NPROC`` or ``NPROC`` already set is kept.
+  """
+  environ = os.environ if environ is None else environ
+  found = re.findall(r'--xla_force_host_platform_device_count=(\d+)', environ.get('XLA_FLAGS', ''))
+  devices = int(found[-1]) if found else 1
+  if devices <= 1 or environ.get('PJRT_NPROC') or environ.get('NPROC'):
+    return None
+  threads = max(os.cpu_count() or 1, 2 * devices)
+  environ['PJRT_NPROC'] = str(threads)
+  return threads
 
 
 def trial_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
