@@ -7,7 +7,7 @@ K and mean(error) * n ∝ K^b with b = 2. Trials: ccmc_jax.trials.vocabulary_sca
 over local devices); figure: experiments.plots.vocabulary_scaling. Writes
 results/vocabulary_scaling.csv (one row per K, n, trial) and figures/vocabulary_scaling.{png,pdf}.
 
-  python -m experiments.vocabulary_scaling --K=8,16,32,64,128,256,512 --n_over_K2=3,10
+  python -m experiments.vocabulary_scaling --K=8,16,32,64,128,256,512 --n_over_K2=10,30
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
 _K = flags.DEFINE_list('K', ['8', '16', '32', '64', '128', '256', '512'],
                        'Vocabulary sizes K (paper Sec. 2), in [2, 4096].')
 _L = flags.DEFINE_integer('L', 10, 'Prompt length L (paper Sec. 2), >= 1.')
-_RATIO = flags.DEFINE_list('n_over_K2', ['3', '10'],
+_RATIO = flags.DEFINE_list('n_over_K2', ['10', '30'],
                            'Sample sizes as n / K^2 (n = round(ratio * K^2) IID prompts), > 0.')
 _TRIALS = flags.DEFINE_integer('trials', 32, 'Trials at K = 8; at K: max(min_trials, '
                                'ceil(trials * (8/K)^2)) (the error sums K^2 terms), >= 1.')

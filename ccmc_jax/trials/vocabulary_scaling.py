@@ -7,8 +7,8 @@ least-squares exponent ``b`` of ``mean(error) * n ∝ K^b`` is 2.
 
 A trial of a cell (K, L, n): draw ``A* ~ N(0, scale^2)`` (K x K), ``n`` IID uniform prompts of
 ``L`` token ids with answers ``y ~ pi^X(A*)`` (``sampling.sample_sparse_dataset``: O(nL) memory,
-no count vectors), fit the MLE with ``ccmc_jax.fit_mle`` and record ``error = ||P_hat - P*||_F^2``
-and the asymptotic prediction ``(1/n) sum_k tr(J_k F_k^+ J_k)`` at ``A*`` (``predicted_error``;
+no count vectors), fit the MLE as ``ccmc_jax.fit_mle`` does (:func:`fit_scores`) and record
+``error = ||P_hat - P*||_F^2`` and the asymptotic prediction ``(1/n) sum_k tr(J_k F_k^+ J_k)`` at ``A*`` (``predicted_error``;
 ``docs/theory.md``). The trials of a cell run as one ``jit(vmap(run_trial))`` with the trial
 axis sharded over the local devices (``ccmc_jax.sharding``).
 
@@ -24,10 +24,10 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-import ccmc_jax
 from ccmc_jax import fit
 from ccmc_jax import sampling
 from ccmc_jax import sharding
+from ccmc_jax import sparse_fit
 from ccmc_jax import theory
 from ccmc_jax.trials import common
 
@@ -36,6 +36,7 @@ K_REF = 8  # the vocabulary size at which --trials trials run (trials_at)
 MIN_SPAN, MIN_MAX_K = 64, 512
 RATIO_RANGE = (0.8, 1.25)
 EXPONENT_RANGE = (1.8, 2.2)
+FIT_TOL, FIT_MAX_ITER = 1e-4, 100  # fit_mle's defaults
 
 
 class Setting(NamedTuple):
@@ -63,19 +64,38 @@ def keys(seed, setting: Setting, trials):
   return common.trial_keys(seed, setting.K, setting.L, setting.n, trials=trials)
 
 
+def data_capacity(K, n):
+  """Per-row slots of the dense Newton fit (small K): the row count's mean ``n/K`` plus 8
+  standard deviations, rounded up; a trial that overflows it is reported (``dropped``)."""
+  return fit.round_capacity(n / K + 8 * math.sqrt(n / K) + 8)
+
+
+def fit_scores(prompts, answers, K, ridge):
+  """``ccmc_jax.fit_mle(prompts, answers, K, ridge=ridge)`` (method 'auto') in a traceable form,
+  for ``jit(vmap(...))`` over trials: ``fit_mle`` itself checks its inputs on the host. The same
+  solvers, settings and choice between them (``sparse_fit.choose_method``); the tests check
+  the two agree. Returns (A_hat, iterations, samples dropped)."""
+  n = prompts.shape[0]
+  if sparse_fit.choose_method(K, n) == 'newton':
+    res = sparse_fit._newton_fit(prompts, answers, K, data_capacity(K, n), False, ridge,  # pylint: disable=protected-access
+                                 FIT_TOL, FIT_MAX_ITER)
+    return res.A_hat, res.iters, res.dropped
+  A_hat, iters, _ = sparse_fit._cg_fit(prompts, answers, K=K, cross=False, ridge=ridge,  # pylint: disable=protected-access
+                                       tol=FIT_TOL, max_iter=FIT_MAX_ITER)
+  return A_hat, iters, jax.numpy.int32(0)
+
+
 def make_run_trial(setting: Setting):
-  """One trial as a function of its key: ``run_trial(key) ->`` dict of scalars error,
-  predicted_error, iterations."""
+  """One trial as a function of its key: ``run_trial(key) ->`` dict of error, iterations,
+  dropped (samples beyond the Newton capacity: must be 0) and the true scores ``A`` (K, K)."""
   K, L, n = setting.K, setting.L, setting.n
 
   def run_trial(key):
     w_key, data_key = jax.random.split(key)
     A = sampling.sample_scores(w_key, K, setting.scale)
     prompts, answers = sampling.sample_sparse_dataset(data_key, A, n, L)
-    res = ccmc_jax.fit_mle(prompts, answers, K, ridge=setting.ridge)
-    return {'error': fit.p_error(res.A_hat, A),
-            'predicted_error': theory.predicted_error_uniform(A, L) / n,
-            'iterations': res.iters}
+    A_hat, iters, dropped = fit_scores(prompts, answers, K, setting.ridge)
+    return {'error': fit.p_error(A_hat, A), 'iterations': iters, 'dropped': dropped, 'A': A}
 
   return run_trial
 
@@ -86,9 +106,17 @@ def _cell(setting: Setting):
 
 
 def run_cell(setting: Setting, keys):  # pylint: disable=redefined-outer-name
-  """Every trial of a cell: ``keys`` (trials, 2) -> dict of (trials,) numpy arrays. One
-  ``jit(vmap)`` per cell, trials sharded over the local devices."""
-  return {k: np.asarray(v) for k, v in _cell(setting)(keys).items()}
+  """Every trial of a cell: ``keys`` (trials, 2) -> dict of (trials,) numpy arrays error,
+  predicted_error, iterations. The fits run as one ``jit(vmap)`` per cell, trials sharded over
+  the local devices; the prediction (float64, on the host) from each trial's ``A*``."""
+  out = {k: np.asarray(v) for k, v in _cell(setting)(keys).items()}
+  if out.pop('dropped').any():
+    raise RuntimeError(f'K={setting.K}, n={setting.n}: a query row overflowed the Newton '
+                       'capacity (data_capacity)')  # 8 standard deviations: never in practice
+  A = out.pop('A')
+  out['predicted_error'] = np.array([theory.predicted_error_uniform(a, setting.L, setting.n)
+                                     for a in A])
+  return out
 
 
 def cell_means(frame):
