@@ -29,6 +29,7 @@ experiments=(
   positional_encoding
   collapse
   collapse_statistics
+  vocabulary_scaling
   trajectory_learning
 )
 total_start=$(date +%s)

@@ -5,22 +5,37 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ccmc_jax
+from ccmc_jax import sampling
+from ccmc_jax import theory
 from ccmc_jax.trials import vocabulary_scaling as vs
 from conftest import run_module
 
 
-def test_run_cell_equals_a_loop_over_trials():
+def test_run_cell_equals_a_loop_over_trials_and_fit_mle():
   setting = vs.Setting(K=6, L=4, n=500)
   keys = vs.keys(0, setting, 3)
   batched = vs.run_cell(setting, keys)
   one = jax.jit(vs.make_run_trial(setting))
   for i, key in enumerate(keys):
     single = one(key)
-    for name, values in batched.items():
-      np.testing.assert_allclose(values[i], np.asarray(single[name]), rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(batched['error'][i], single['error'], rtol=2e-5)
+    assert batched['iterations'][i] == single['iterations']
+    assert batched['predicted_error'][i] == theory.predicted_error_uniform(single['A'], 4, 500)
   assert np.all(batched['error'] > 0) and np.all(batched['predicted_error'] > 0)
-  # Other trials, other numbers: the keys reach the data.
-  assert len(set(np.round(batched['error'], 8))) == 3
+  assert len(set(np.round(batched['error'], 8))) == 3  # the keys reach the data
+  # The traced fit is the public entry point's: same data, same estimate.
+  _, data_key = jax.random.split(keys[0])
+  A = single_A = np.asarray(one(keys[0])['A'])
+  prompts, answers = sampling.sample_sparse_dataset(data_key, A, 500, 4)
+  for K, L in ((6, 4), (40, 4)):  # the Newton and the CG solver
+    if K != 6:
+      A = sampling.sample_scores(jax.random.PRNGKey(3), K)
+      prompts, answers = sampling.sample_sparse_dataset(jax.random.PRNGKey(4), A, 3000, L)
+    ours = vs.fit_scores(prompts, answers, K, 1e-6)[0]  # eager: fit_mle's compiled solvers
+    public = ccmc_jax.fit_mle(prompts, answers, K, ridge=1e-6).A_hat
+    np.testing.assert_allclose(ours, public, atol=1e-5)
+  assert np.isfinite(single_A).all()
 
 
 def test_quick_run_writes_one_row_per_cell_and_trial(tmp_path):
@@ -29,7 +44,7 @@ def test_quick_run_writes_one_row_per_cell_and_trial(tmp_path):
   df = pd.read_csv(tmp_path / 'results' / 'vocabulary_scaling.csv')
   assert list(df.columns[:6]) == ['K', 'L', 'n', 'n_over_K2', 'trial', 'seed']
   assert {'error', 'predicted_error', 'iterations'} <= set(df.columns)
-  Ks = [4, 8, 16]  # experiments.vocabulary_scaling.QUICK
+  Ks = [8, 16]  # experiments.vocabulary_scaling.QUICK
   expected = sum(vs.trials_at(K, 4, 2) for K in Ks)
   assert len(df) == expected and sorted(df['K'].unique()) == Ks
   assert (df['n'] == 10 * df['K'] ** 2).all() and (df['L'] == 10).all()
