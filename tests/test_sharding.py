@@ -103,3 +103,12 @@ def test_process_slice_covers_every_trial_once_in_order(trials, count):
 
 def test_process_slice_defaults_to_this_single_process():
   assert sharding.process_slice(5) == range(5)
+
+
+def test_ensure_cpu_threads_only_with_forced_devices_and_keeps_a_user_setting():
+  env = {'XLA_FLAGS': '--xla_backend_optimization_level=1'}
+  assert sharding.ensure_cpu_threads(env) is None and 'PJRT_NPROC' not in env
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  assert sharding.ensure_cpu_threads(env) >= 8 and int(env['PJRT_NPROC']) >= 8
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'NPROC': '3'}
+  assert sharding.ensure_cpu_threads(env) is None and 'PJRT_NPROC' not in env
