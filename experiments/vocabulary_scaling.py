@@ -30,7 +30,8 @@ _TRIALS = flags.DEFINE_integer('trials', 32, 'Trials at K = 8; at K: max(min_tri
                                'ceil(trials * (8/K)^2)) (the error sums K^2 terms), >= 1.')
 _MIN_TRIALS = flags.DEFINE_integer('min_trials', 2, 'Fewest trials at any K, >= 1.')
 _SCALE = flags.DEFINE_float('scale', 1.0, 'Ground truth A* ~ N(0, scale^2); scale > 0.')
-_RIDGE = flags.DEFINE_float('ridge', 1e-6, 'Ridge (ridge/2)||A||^2 on the NLL; >= 0.')
+_RIDGE = flags.DEFINE_float('ridge', 1e-9, 'Ridge (ridge/2)||A||^2 on the NLL, >= 0; keep ridge * K^2 '
+                            '<< 1 (n * ridge is the prior precision of each score).')
 
 NAME = 'vocabulary_scaling'
 KEYS = plots.KEYS
