@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 [ -n "${VIRTUAL_ENV:-}" ] || { [ -d .venv ] && . .venv/bin/activate; } || true
-export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+# A usable GPU backend (pip install "jax[cuda12]") is used as JAX picks it; without one, the CPU
+# (set JAX_PLATFORMS yourself to choose). Sweeps shard their trials over all local devices.
+if [ -z "${JAX_PLATFORMS+x}" ] && ! python -c "import jax; jax.devices('gpu')" >/dev/null 2>&1; then
+  export JAX_PLATFORMS=cpu
+fi
 
 args=()
 quick=0
@@ -25,6 +29,7 @@ experiments=(
   positional_encoding
   collapse
   collapse_statistics
+  vocabulary_scaling
   trajectory_learning
   gpt2_repetition
 )

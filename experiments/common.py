@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ccmc_jax import io
+from ccmc_jax import sharding
 from experiments.plots import style
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
@@ -293,7 +294,9 @@ def setup_jax(use_cache=True):
     wins.
   * A persistent compilation cache (env CCMC_JAX_CACHE; empty disables) so reruns skip XLA
     compilation. Caching never changes the numbers.
+  * With forced host devices, enough CPU threads (``sharding.ensure_cpu_threads``).
   """
+  sharding.ensure_cpu_threads()
   xla_flags = os.environ.get('XLA_FLAGS', '')
   if 'xla_backend_optimization_level' not in xla_flags:
     os.environ['XLA_FLAGS'] = f'{xla_flags} {XLA_OPT_LEVEL}'.strip()

@@ -27,6 +27,7 @@ import numpy as np
 
 from ccmc_jax import fit
 from ccmc_jax import sampling
+from ccmc_jax import sharding
 from ccmc_jax import theory
 from ccmc_jax.trials import common
 
@@ -154,7 +155,9 @@ def run_setting(setting: Setting, keys, ns=None, generated=None):  # pylint: dis
   assert not np.asarray(dropped).any(), 'row capacity too small'  # by construction
   unit_error = np.asarray(unit_error)
   for n in setting.ns if ns is None else ns:
-    err, err_w, iters = map(np.asarray, _fit_stage(setting.ridge)(grouped, A, n))
+    # The trials of the fit shard over all local devices (ccmc_jax.sharding; same numbers).
+    err, err_w, iters = map(np.asarray, sharding.run_sharded(_fit_stage(setting.ridge),
+                                                             (grouped, A), n))
     yield n, {'error': err, 'error_W': err_w, 'predicted_error': unit_error / n,
               'newton_iters': iters}
 

@@ -1,0 +1,114 @@
+"""ccmc_jax.sharding: trial axis over several devices (CPU with forced host devices, in
+subprocesses since the device count is fixed when JAX starts)."""
+import concurrent.futures
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ccmc_jax import sharding
+from conftest import ROOT, run_module
+
+FORCE_4 = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+
+# A trial with the kernels the sweeps use (matmul, solve, reductions, a while loop), run on
+# 1..9 trials: sharded over 4 devices vs the plain jit(vmap(...)) vs one trial at a time.
+SCRIPT = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    from ccmc_jax import sharding
+    assert jax.device_count() == 4, jax.devices()
+
+    def trial(key):
+      x = jax.random.normal(key, (12, 12))
+      w = jnp.linalg.solve(x @ x.T + jnp.eye(12), x.sum(1))
+      steps = jax.lax.while_loop(lambda s: s[1] < 1e-3 + jnp.abs(x[0, 0]),
+                                 lambda s: (s[0] + 1, s[1] * 1.5 + 1e-4), (0, 0.0))[0]
+      return {'w': w, 'norm': jnp.tanh(x @ x).sum(), 'steps': steps}
+
+    plain = jax.jit(jax.vmap(trial))
+    one = jax.jit(trial)
+    for trials in (1, 4, 5):  # padded to 8 = 4 devices x MIN_PER_DEVICE each time
+      keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(trials))
+      out = sharding.vmap_trials(trial)(keys)
+      ref = plain(keys) if trials > 1 else jax.tree.map(lambda x: x[None], one(keys[0]))
+      for name in ref:
+        assert out[name].shape == ref[name].shape, (trials, name)
+        assert np.array_equal(np.asarray(out[name]), np.asarray(ref[name])), (trials, name)
+      # The inputs really were split: 4 shards of padded_size / 4 trials.
+      placed, n = sharding.shard_trials((keys,), sharding.trial_mesh())
+      assert n == trials and len(placed[0].addressable_shards) == 4
+      assert placed[0].shape[0] == sharding.padded_size(trials, 4)
+    print('ok')
+''')
+
+
+def test_sharded_equals_unsharded_bit_for_bit_on_4_devices():
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **FORCE_4)
+  r = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-3000:]
+
+
+def test_sample_complexity_csv_identical_with_1_and_4_devices(tmp_path):
+  args = ['--K=3,4', '--n=200,1000', '--trials=3', '--mc_samples=1000']
+  def run(devices):
+    env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+    return run_module('experiments.sample_complexity', *args, tmp=tmp_path / str(devices),
+                      env=env)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the two runs side by side
+    runs = list(pool.map(run, (1, 4)))
+  for r in runs:
+    assert r.returncode == 0, r.stderr[-3000:]
+  one, four = (open(tmp_path / str(d) / 'results' / 'sample_complexity.csv', 'rb').read()
+               for d in (1, 4))
+  assert one == four and len(one.splitlines()) == 1 + 2 * 2 * 3
+
+
+@pytest.mark.parametrize('trials,devices,expected', [
+    (1, 1, 2), (2, 1, 2), (5, 1, 5), (1, 4, 8), (4, 4, 8), (8, 4, 8), (9, 4, 12), (20, 4, 20)])
+def test_padded_size(trials, devices, expected):
+  assert sharding.padded_size(trials, devices) == expected
+
+
+def test_pad_and_unpad_repeat_the_last_trial():
+  x = {'a': np.arange(6.0).reshape(3, 2), 'b': np.array([1, 2, 3])}
+  padded = sharding.pad_trials(x, 5)
+  np.testing.assert_array_equal(padded['a'], [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
+  np.testing.assert_array_equal(padded['b'], [1, 2, 3, 3, 3])
+  back = sharding.unpad(padded, 3)
+  np.testing.assert_array_equal(back['a'], x['a'])
+  with pytest.raises(ValueError):
+    sharding.pad_trials(x, 2)
+
+
+def test_one_device_calls_the_function_unchanged():
+  calls = []
+  mesh = sharding.trial_mesh(sharding.jax.local_devices()[:1])
+  out = sharding.run_sharded(lambda a, s: calls.append(a.shape) or a * s, (np.ones(3),), 2.0,
+                             mesh=mesh)
+  assert calls == [(3,)] and np.array_equal(np.asarray(out), [2.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize('trials,count', [(20, 3), (2, 4), (7, 7), (0, 2), (100, 8)])
+def test_process_slice_covers_every_trial_once_in_order(trials, count):
+  slices = [sharding.process_slice(trials, i, count) for i in range(count)]
+  assert [t for s in slices for t in s] == list(range(trials))
+  assert max(map(len, slices)) - min(map(len, slices)) <= 1
+  with pytest.raises(ValueError):
+    sharding.process_slice(trials, count, count)
+
+
+def test_process_slice_defaults_to_this_single_process():
+  assert sharding.process_slice(5) == range(5)
+
+
+def test_ensure_cpu_threads_only_with_forced_devices_and_keeps_a_user_setting():
+  env = {'XLA_FLAGS': '--xla_backend_optimization_level=1'}
+  assert sharding.ensure_cpu_threads(env) is None and 'PJRT_NPROC' not in env
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  assert sharding.ensure_cpu_threads(env) >= 8 and int(env['PJRT_NPROC']) >= 8
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'NPROC': '3'}
+  assert sharding.ensure_cpu_threads(env) is None and 'PJRT_NPROC' not in env
