@@ -26,6 +26,7 @@ experiments=(
   collapse
   collapse_statistics
   trajectory_learning
+  real_text
 )
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do

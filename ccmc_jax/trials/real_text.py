@@ -50,23 +50,24 @@ def prepare(corpus_text, K, L, T, prompts, seed, blocks=BLOCKS) -> Prepared:
   tokens = text.tokenize(corpus_text)
   if len(tokens) < blocks * 2:
     raise text.TextError(f'has only {len(tokens)} tokens, too few to split into {blocks} '
-                         'blocks')
+                         'blocks: too small')
   split = text.block_split(len(tokens), blocks, seed, VALIDATION, HELDOUT)
   train_tokens = [t for s, e in split.blocks(0) for t in tokens[s:e]]
-  try:
-    vocab = text.build_vocab(train_tokens, K)
-  except text.TextError as e:
-    raise text.TextError(f'{e} in its training blocks: too small for the chosen K') from None
+  distinct = len(set(train_tokens) - {text.UNK})
+  if distinct < K:
+    raise text.TextError(f'has only {distinct} distinct tokens in its training blocks, fewer '
+                         f'than --K={K}: too small')
+  vocab = text.build_vocab(train_tokens, K)
   ids = text.encode(tokens, vocab)
   data = [text.samples(ids, split.blocks(r), L) for r in range(3)]
   for name, d in zip(text.SPLITS, data):
     if not len(d.answers):
-      raise text.TextError(f'gives no {name} copy event at L = {L}: too small')
+      raise text.TextError(f'gives no {name} copy event at --L={L}: too small')
   positions = text.prompt_positions(split.blocks(2), L, T, prompts)
   if not len(positions):
     longest = int(np.diff(split.bounds).max())
     raise text.TextError(f'has held-out blocks of about {longest} tokens, fewer than '
-                         f'L + T = {L + T}: too small')
+                         f'--L + --T = {L + T}: too small')
   return Prepared(vocab, ids, split, *data, positions)
 
 
