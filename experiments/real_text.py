@@ -40,7 +40,7 @@ _PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate fr
 _RIDGE = flags.DEFINE_list('ridge', ['1e-6', '3e-6', '1e-5', '3e-5'],
                            'Ridge grid of the MLE (loss per sample + ridge/2 ||A||^2); the '
                            'value with the lowest validation NLL is used. Each > 0.')
-_SMOOTH = flags.DEFINE_list('smoothing', ['0.01', '0.1', '1', '10'],
+_SMOOTH = flags.DEFINE_list('smoothing', ['0.001', '0.01', '0.1', '1', '10'],
                             'Additive-smoothing grid of the bigram matrix (chosen on '
                             'validation, separately for bigram_P and the bigram chain). Each > 0.')
 
