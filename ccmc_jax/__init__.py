@@ -6,6 +6,7 @@ Dynamics of Generative Transformers" (ICML 2024, arXiv 2402.13512). Modules, one
   model       attention forward pass, base chain P, CCMC next-token law (Lemma 2.2)
   sampling    ground truth, IID prompts, next tokens
   fit         convex maximum-likelihood estimation (batched Newton), error metrics
+  sparse_fit  the MLE from token ids at vocabulary scale: fit_mle (nonlinear CG or Newton)
   trajectory  single-trajectory generation (lax.scan), collapse statistics
   theory      asymptotic error prediction
   identifiability  co-occurrence graphs, identifiability test (Thm 3.4), min-norm limit
@@ -19,8 +20,9 @@ from ccmc_jax.model import positional_ccmc_next_token_probs
 from ccmc_jax.model import token_counts
 from ccmc_jax.model import transition_matrix
 from ccmc_jax.model import zero_diagonal
+from ccmc_jax.sparse_fit import fit_mle
 
 __all__ = [
     'attention_next_token_probs', 'ccmc_next_token_probs', 'positional_ccmc_next_token_probs',
-    'token_counts', 'transition_matrix', 'zero_diagonal',
+    'token_counts', 'transition_matrix', 'zero_diagonal', 'fit_mle',
 ]

@@ -154,3 +154,47 @@ def sample_dataset(key, A, n, L, prompt_fn, cross=False):
   References: paper Sec. 3 (learning from IID prompts).
   """
   return dataset_from_uniforms(A, *dataset_uniforms(key, n, L), prompt_fn, cross)
+
+
+def sample_sparse_dataset(key, A, n, L, cross=False, prompt_fn=None):
+  """``n`` IID pairs ``(X, y)`` with ``y ~ pi^X(A)`` as token ids: no count vectors, O(nL) memory.
+
+  The answer is drawn by picking a key position ``l`` with probability proportional to
+  ``exp(A[x_L, x_l])`` and answering ``x_l``: a token ``j`` is then drawn with probability
+  ``m_j(X) exp(A[x_L, j]) / sum_i m_i(X) exp(A[x_L, i]) = pi^X_j``, exactly (Lemma 2.2; this is
+  the attention forward pass itself, the softmax over positions). The prompts are the same
+  numbers as :func:`sample_dataset` draws with the same key (same uniforms, prefix-stable in
+  ``n``); the answers have the same law but are different draws. Generated in blocks of
+  ``BLOCK`` samples (``lax.map``), so the working set is the output: ``n = 1e7``, ``L = 10`` needs
+  about 0.5 GB whatever ``K``.
+
+  Args:
+    key: PRNG key.
+    A: (K, K) ground-truth scores (or ``log P``; ``-inf`` allowed: a prompt whose key scores
+      are all ``-inf`` answers a uniformly chosen key position, i.e. ``pi`` proportional to
+      ``m``, as :func:`ccmc_jax.model.ccmc_log_probs` does).
+    n: number of samples (static).
+    L: prompt length (static); ``cross`` needs ``L >= 2``.
+    cross: cross-attention (the query, the last position, is not a key).
+    prompt_fn: prompt sampler (default ``uniform_prompt(K, L)``).
+  Returns:
+    ``(prompts, answers)``: (n, L) int32 token ids (the query is the last column) and (n,) int32.
+  References: paper Definition 2.1 / Lemma 2.2; Sec. 3 (learning from IID prompts).
+  """
+  A = jnp.asarray(A)
+  prompt_fn = uniform_prompt(A.shape[-1], L) if prompt_fn is None else prompt_fn
+  x_key, y_key = jax.random.split(key)
+
+  def block(b):
+    # The uniforms of _uniforms(x_key, n, L + 1) and _uniforms(y_key, n, 1), block b.
+    X = prompt_fn(jax.random.uniform(jax.random.fold_in(x_key, b), (BLOCK, L + 1)))
+    u = jax.random.uniform(jax.random.fold_in(y_key, b), (BLOCK, 1))[:, 0]
+    keys = X[:, :-1] if cross else X
+    logits = A[X[:, -1:], keys]
+    lost = jnp.all(jnp.isneginf(logits), axis=-1, keepdims=True)
+    log_probs = jax.nn.log_softmax(jnp.where(lost, 0.0, logits), axis=-1)
+    position = categorical_from_uniform(u, log_probs)
+    return X, jnp.take_along_axis(keys, position[:, None], axis=1)[:, 0]
+
+  X, y = jax.lax.map(block, jnp.arange(-(-n // BLOCK)))
+  return X.reshape(-1, L)[:n], y.reshape(-1)[:n]
