@@ -37,7 +37,7 @@ _K = flags.DEFINE_integer('K', 2000, 'Vocabulary: the K most frequent training t
 _L = flags.DEFINE_integer('L', 64, 'Prompt length L (the previous L tokens), in [2, 4096].')
 _T = flags.DEFINE_integer('T', 1000, 'Tokens generated after each prompt, in [10, 100000].')
 _PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate from, >= 1.')
-_RIDGE = flags.DEFINE_list('ridge', ['1e-6', '3e-6', '1e-5', '3e-5'],
+_RIDGE = flags.DEFINE_list('ridge', ['1e-7', '1e-6', '1e-5', '1e-4'],
                            'Ridge grid of the MLE (loss per sample + ridge/2 ||A||^2); the '
                            'value with the lowest validation NLL is used. Each > 0.')
 _SMOOTH = flags.DEFINE_list('smoothing', ['0.001', '0.01', '0.1', '1', '10'],
@@ -52,8 +52,9 @@ KEYS = {'real_text': ['source', 'prompt'], 'real_text_fit': ['model'],
 
 def apply_quick():
   """--quick: a smoke run in seconds on python_docs (only flags the user did not set)."""
-  for name, value in {'corpus': 'python_docs', 'K': 200, 'L': 32, 'T': 200, 'ridge': ['1e-5', '1e-4'],
-                      'smoothing': ['0.1', '1']}.items():
+  quick = {'corpus': 'python_docs', 'K': 200, 'L': 32, 'T': 200,
+           'ridge': ['1e-6', '1e-5', '1e-4'], 'smoothing': ['0.1', '1']}
+  for name, value in quick.items():
     if not flags.FLAGS[name].present:
       flags.FLAGS[name].value = value
 

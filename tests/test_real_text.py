@@ -169,7 +169,7 @@ def test_bad_corpus_file_one_line_exit_2_no_file(tmp_path, name, content, why):
 
 def test_python_docs_quick_end_to_end(tmp_path):
   r = run_module('experiments.real_text', '--corpus=python_docs', '--quick', '--T=100',
-                 tmp=tmp_path)
+                 '--ridge=1e-5,1e-4', tmp=tmp_path)
   assert r.returncode == 0, r.stderr
   res = tmp_path / 'results'
   rows = pd.read_csv(res / 'real_text.csv')
