@@ -114,6 +114,7 @@ def compute(corpus_text, flag_dict):
             'real_text_curves': pd.DataFrame({**out['curves'], **extra, 'T': _T.value})}
   for name, frame in frames.items():
     results = common.Results(name, KEYS[name], flag_dict)
+    results.start = start  # the sidecar's wall time is the whole computation's
     results.add(frame)
     results.finish(summary=out['summary'], choices=out['choices'], sizes=out['sizes'])
   s = out['summary']
