@@ -77,10 +77,15 @@ def validate():
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   try:
     if _FILE.value is not None:
-      return text.read_text_file(_FILE.value)
-    return text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
+      corpus = text.read_text_file(_FILE.value)
+    else:
+      corpus = text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
   except text.TextError as e:
     raise common.FlagError(corpus_error(e)) from None
+  # The (n, L) prompts of every split, about one token per 3 characters, int32, twice over.
+  common.check_memory('corpus_file' if _FILE.value else 'L', _FILE.value or _L.value,
+                      8 * _L.value * len(corpus) // 3)
+  return corpus
 
 
 def corpus_error(e):
