@@ -128,6 +128,33 @@ def test_generation_follows_the_chain():
   np.testing.assert_array_equal(grow, [[0, 1, 2, 3, 4, 0]] * 2)
   win = np.asarray(text.generate_ccmc(jax.random.PRNGKey(1), cycle, X, 40, window=2))
   assert set(win[:, 0]) <= {3, 4} and win.min() >= 0 and win.max() < K
+  # A random P: every token is copied from the current context (all of it, or the last L).
+  log_P = jax.nn.log_softmax(jax.random.normal(jax.random.PRNGKey(2), (12, 12)) * 2)
+  X = np.random.default_rng(3).integers(0, 12, (6, 4))
+  for window in (None, 4):
+    out = np.asarray(text.generate_ccmc(jax.random.PRNGKey(4), log_P, X, 30, window=window))
+    for x, y in zip(X, out):
+      seq = list(x) + list(y)
+      for t in range(4, len(seq)):
+        assert seq[t] in seq[:t] if window is None else seq[t] in seq[t - 4:t]
+    assert len(set(out.ravel())) > 1
+
+
+def test_summary_ratios_and_must_show_flags():
+  from ccmc_jax.trials import real_text
+  cols = {'source': ['ccmc', 'ccmc', 'ccmc_window', 'bigram', 'corpus'],
+          'seq_rep_4': [0.5, 0.7, 0.9, 0.1, 0.15]}
+  fit = {'model': ['mle', 'uniform_P', 'bigram_P'], 'heldout_nll': [1.0, 2.0, 1.5],
+         'copy_fraction': [0.6] * 3}
+  s = real_text.summary(cols, fit)
+  assert s['mean_seq_rep_4']['ccmc'] == pytest.approx(0.6)
+  assert s['ccmc_over_corpus_seq_rep_4'] == pytest.approx(4.0)
+  assert s['ccmc_over_bigram_seq_rep_4'] == pytest.approx(6.0)
+  assert s['mle_below_both_baselines'] and s['ccmc_seq_rep_4_at_least_3x']
+  fit['heldout_nll'] = [1.6, 2.0, 1.5]
+  cols['seq_rep_4'][-1] = 0.25
+  s = real_text.summary(cols, fit)
+  assert not s['mle_below_both_baselines'] and not s['ccmc_seq_rep_4_at_least_3x']
 
 
 def test_corpora_readers(tmp_path):

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from ccmc_jax import sparse_fit
 from ccmc_jax import text
 
 BLOCKS = 50              # contiguous blocks of the token stream
@@ -71,11 +72,6 @@ def prepare(corpus_text, K, L, T, prompts, seed, blocks=BLOCKS) -> Prepared:
   return Prepared(vocab, ids, split, *data, positions)
 
 
-def _fit_mle():
-  import ccmc_jax  # pylint: disable=import-outside-toplevel
-  return ccmc_jax.fit_mle
-
-
 def fit_models(prep: Prepared, ridges, smoothing, progress=lambda msg: None):
   """Fit the three CCMCs and the bigram chain; every hyper-parameter by validation NLL.
 
@@ -88,7 +84,7 @@ def fit_models(prep: Prepared, ridges, smoothing, progress=lambda msg: None):
   fits, val_mle = {}, []
   for r in ridges:
     start = time.time()
-    A = np.asarray(_fit_mle()(tr.prompts, tr.answers, V, ridge=r).A_hat, np.float32)
+    A = np.asarray(sparse_fit.fit_mle(tr.prompts, tr.answers, V, ridge=r).A_hat, np.float32)
     fits[r] = A
     val_mle.append(text.heldout_nll(A, va))
     progress(f'MLE ridge {r:g}: validation NLL {val_mle[-1]:.4f} ({time.time() - start:.1f} s)')
