@@ -10,12 +10,14 @@ import pytest
 from scipy import optimize
 
 import ccmc_jax
-from ccmc_jax import fit, sampling, sparse_fit
+from ccmc_jax import fit, sampling, sparse_fit, theory
+
+sample = jax.jit(sampling.sample_sparse_dataset, static_argnums=(2, 3, 4))
 
 
 def _data(K, L, n, cross=False, seed=0, scale=1.0):
   A = sampling.sample_scores(jax.random.PRNGKey(seed), K, scale)
-  X, y = sampling.sample_sparse_dataset(jax.random.PRNGKey(seed + 1), A, n, L, cross)
+  X, y = sample(jax.random.PRNGKey(seed + 1), A, n, L, cross)
   return A, np.asarray(X), np.asarray(y)
 
 
@@ -157,7 +159,7 @@ def test_sparse_sampler_follows_the_ccmc_law(cross):
   law ccmc_next_token_probs (K = 3, L = 3: 27 prompts), within 5 standard deviations."""
   K, L, n = 3, 3, 60000
   A = sampling.sample_scores(jax.random.PRNGKey(5), K, 1.5)
-  X, y = sampling.sample_sparse_dataset(jax.random.PRNGKey(6), A, n, L, cross)
+  X, y = sample(jax.random.PRNGKey(6), A, n, L, cross)
   X, y = np.asarray(X), np.asarray(y)
   prompts = np.array(list(itertools.product(range(K), repeat=L)))
   pi = np.asarray(ccmc_jax.ccmc_next_token_probs(jax.nn.softmax(A, -1), prompts, cross))
@@ -174,6 +176,43 @@ def test_sparse_sampler_follows_the_ccmc_law(cross):
   d = sampling.sample_dataset(jax.random.PRNGKey(6), A, 3000, L, sampling.uniform_prompt(K, L),
                               cross)
   np.testing.assert_array_equal(X[:3000, -1], d.query)
-  X2, y2 = sampling.sample_sparse_dataset(jax.random.PRNGKey(6), A, 1500, L, cross)
+  X2, y2 = sample(jax.random.PRNGKey(6), A, 1500, L, cross)
   np.testing.assert_array_equal(X2, X[:1500])
   np.testing.assert_array_equal(y2, y[:1500])
+
+
+def exact_prediction(A, L, cross):
+  """sum_k tr(J_k F_k^+ J_k) by enumerating every uniform prompt (K^(L-1) contexts per row)."""
+  K = A.shape[0]
+  P = np.exp(A - A.max(1, keepdims=True))
+  P /= P.sum(1, keepdims=True)
+  total = 0.0
+  for k in range(K):
+    F = np.zeros((K, K))
+    for ctx in itertools.product(range(K), repeat=L - 1):
+      m = np.bincount(list(ctx) + ([] if cross else [k]), minlength=K)
+      pi = m * P[k] / np.sum(m * P[k])
+      F += (np.diag(pi) - np.outer(pi, pi)) / (K ** (L - 1) * K)  # P(x_L = k) = 1/K
+    J = np.diag(P[k]) - np.outer(P[k], P[k])
+    total += np.trace(J @ np.linalg.pinv(F, rcond=1e-10) @ J)
+  return total
+
+
+@pytest.mark.parametrize('K, L, cross', [(4, 3, False), (4, 3, True), (3, 5, False),
+                                         (5, 4, True)])
+def test_uniform_theory_equals_exact_enumeration(K, L, cross):
+  A = np.random.default_rng(K * L).normal(size=(K, K)) * 1.5
+  np.testing.assert_allclose(theory.predicted_error_uniform(A, L, 100.0, cross),
+                             exact_prediction(A, L, cross) / 100.0, rtol=1e-5)
+
+
+def test_uniform_theory_matches_the_monte_carlo_theory():
+  """Against theory.predicted_error (Monte-Carlo Fisher, K x K x K) at K = 12, L = 10: within
+  2% (the Monte-Carlo error of 2e5 prompts is ~0.5%)."""
+  K, L = 12, 10
+  A = sampling.sample_scores(jax.random.PRNGKey(0), K)
+  mc = sampling.sample_dataset(jax.random.PRNGKey(1), A, 200000, L, sampling.uniform_prompt(K, L))
+  mc_pred = float(theory.predicted_error(A, mc, K, fit.row_capacity(mc.query, K), 1000))
+  np.testing.assert_allclose(theory.predicted_error_uniform(A, L, 1000), mc_pred, rtol=0.02)
+  with pytest.raises(ValueError, match='L must be >= 3 for cross'):
+    theory.predicted_error_uniform(A, 2, 1000, cross=True)
