@@ -32,6 +32,7 @@ experiments=(
   vocabulary_scaling
   trajectory_learning
   gpt2_repetition
+  real_text
 )
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do

@@ -1,0 +1,106 @@
+"""Figure of the real-text experiment, drawn from its three CSVs only."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+
+from ccmc_jax import io
+
+SOURCES = ('ccmc', 'ccmc_window', 'bigram', 'corpus')
+MODELS = ('mle', 'uniform_P', 'bigram_P')
+COLORS = {'ccmc': 'tab:red', 'ccmc_window': 'tab:orange', 'bigram': 'tab:blue',
+          'corpus': 'k'}
+LABELS = {'ccmc': 'CCMC, growing context', 'ccmc_window': 'CCMC, window of L',
+          'bigram': 'bigram Markov chain', 'corpus': 'real continuation'}
+MODEL_LABELS = {'mle': 'CCMC, MLE P', 'uniform_P': 'CCMC, uniform P\n(π = m/L)',
+                'bigram_P': 'CCMC, bigram P'}
+
+
+def read(text_csv, fit_csv, curves_csv):
+  """The three tables, checked for their columns."""
+  metrics = ['seq_rep_4', 'distinct_1', 'distinct_2', 'top1_share', 'top5_share']
+  rows = io.read_csv(text_csv, required=['source', 'prompt', 'first_words', 'prompt_end'] +
+                     metrics, numeric=['prompt'] + metrics)
+  fit = io.read_csv(fit_csv, required=['model', 'heldout_nll', 'n_train', 'n_heldout',
+                                       'copy_fraction', 'ridge'],
+                    numeric=['heldout_nll', 'copy_fraction', 'ridge'])
+  curves = io.read_csv(curves_csv, required=['source', 't', 'top1_mean', 'top1_q10',
+                                             'top1_q90'],
+                       numeric=['t', 'top1_mean', 'top1_q10', 'top1_q90'])
+  for name, df, col, known in ((text_csv, rows, 'source', SOURCES),
+                               (fit_csv, fit, 'model', MODELS),
+                               (curves_csv, curves, 'source', SOURCES)):
+    if not set(df[col]) & set(known):
+      raise io.ResultsError(f'{name} has no row of a known {col} ({", ".join(known)})')
+  return rows, fit, curves
+
+
+def draw(text_csv, fit_csv, curves_csv):
+  """Top-1 share vs t (mean, 10-90 % band over prompts), seq-rep-4 per source, held-out NLL
+  per model, and the first generated words after one prompt."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rows, fit, curves = read(text_csv, fit_csv, curves_csv)
+  sources = [s for s in SOURCES if s in set(rows['source'])]
+  n_prompts = rows['prompt'].nunique()
+  setting = ', '.join(f'{k}={rows[k].iloc[0]}' for k in ('corpus', 'K', 'L', 'T')
+                      if k in rows)
+  fig = plt.figure(figsize=(15, 8.5))
+  grid = fig.add_gridspec(2, 3, height_ratios=[1, 0.55])
+  ax_curve, ax_rep, ax_nll = (fig.add_subplot(grid[0, i]) for i in range(3))
+  ax_text = fig.add_subplot(grid[1, :])
+
+  for s in sources:
+    c = curves[curves['source'] == s].sort_values('t')
+    ax_curve.plot(c['t'], c['top1_mean'], color=COLORS[s], label=LABELS[s])
+    ax_curve.fill_between(c['t'], c['top1_q10'], c['top1_q90'], color=COLORS[s], alpha=0.15)
+  ax_curve.set(xscale='log', ylim=(0, 1), xlabel='generated tokens t',
+               ylabel='top-1 share of tokens 1..t',
+               title=f'Running top-1 share: mean over {n_prompts} prompts,\n'
+                     'band = 10th-90th percentile')
+  ax_curve.legend(fontsize=8)
+
+  data = [rows.loc[rows['source'] == s, 'seq_rep_4'].values for s in sources]
+  parts = ax_rep.boxplot(data, widths=0.6, patch_artist=True, showfliers=False)
+  for patch, s in zip(parts['boxes'], sources):
+    patch.set(facecolor=COLORS[s], alpha=0.3)
+  for i, (d, s) in enumerate(zip(data, sources)):
+    ax_rep.plot(i + 1, d.mean(), 'D', color=COLORS[s], ms=6)
+    ax_rep.annotate(f'{d.mean():.3f}', (i + 1, d.mean()), xytext=(8, 0),
+                    textcoords='offset points', fontsize=8, va='center')
+  ax_rep.set_xticks(range(1, len(sources) + 1), [LABELS[s].replace(', ', ',\n').replace(
+      ' Markov', '\nMarkov').replace(' cont', '\ncont') for s in sources], fontsize=8)
+  ax_rep.set(ylabel='seq-rep-4 = 1 - unique 4-grams / 4-grams', ylim=(0, 1),
+             title='Repetition of T tokens per prompt\n(box: quartiles; diamond: mean)')
+
+  models = [m for m in MODELS if m in set(fit['model'])]
+  f = fit.set_index('model').loc[models]
+  bars = ax_nll.bar(range(len(models)), f['heldout_nll'],
+                    color=['tab:red', 'tab:gray', 'tab:blue'][:len(models)], alpha=0.7)
+  for b, v in zip(bars, f['heldout_nll']):
+    ax_nll.annotate(f'{v:.3f}', (b.get_x() + b.get_width() / 2, v), xytext=(0, 3),
+                    textcoords='offset points', ha='center', fontsize=9)
+  ax_nll.set_xticks(range(len(models)), [MODEL_LABELS[m] for m in models], fontsize=8)
+  r = f.loc['mle', 'ridge'] if 'mle' in models else float('nan')
+  ax_nll.set(ylabel='held-out NLL per copy event (nats)',
+             title=f'Held-out NLL on {int(f["n_heldout"].iloc[0]):,} copy events\n'
+                   f'(copy fraction {f["copy_fraction"].iloc[0]:.3f}; '
+                   f'{int(f["n_train"].iloc[0]):,} train; ridge {r:g})')
+
+  p0 = rows['prompt'].min()
+  sample = rows[rows['prompt'] == p0].set_index('source')
+  lines = ['Prompt (last words): ... ' + str(sample['prompt_end'].iloc[0]), '']
+  for s in sources:
+    wrapped = textwrap.wrap(f'{LABELS[s]}: {sample.loc[s, "first_words"]}', 165)
+    lines += wrapped + ['']
+  ax_text.axis('off')
+  ax_text.text(0, 1, '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=7.5,
+               transform=ax_text.transAxes)
+  ax_text.set_title(f'The first generated tokens after held-out prompt {p0} (<unk>: a word '
+                    'outside the K most frequent)', fontsize=9, loc='left')
+  fig.suptitle(f'The CCMC (1-layer self-attention) fitted to real text ({setting})',
+               fontsize=11)
+  fig.tight_layout()
+  return fig
