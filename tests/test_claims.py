@@ -381,3 +381,11 @@ def test_script_exit_status(case, tmp_path):
     assert row['status'] == ('PASS' if expected == 0 else 'FAIL')
     assert (table['status'] == 'NOT RUN').sum() == len(table) - 2  # iid_slope runs too
     assert (tmp_path / 'claims.md').read_text().count('\n| `') == len(table)
+
+
+def test_empty_csv_is_fail(tmp_path):
+  claim = BY_ID['sec4.iid_slope']
+  frames = frames_of(claim)
+  write({n: df.iloc[:0] for n, df in frames.items()}, tmp_path)
+  r, = claims.check(tmp_path, claims=[claim])
+  assert r.status == claims.FAIL and 'no rows' in r.detail
