@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from ccmc_jax import claims
@@ -80,12 +79,22 @@ def main(argv):
 
 
 def run(argv=None):
-  """absl's app.run with one-line errors; returns the exit status."""
+  """Parse the flags and run ``main``; exits 0/1 (claims), or 2 with one line on bad input."""
+  argv = sys.argv if argv is None else argv
+  if {'--help', '-h', '--helpshort', '--helpfull'} & set(argv[1:]):
+    print(__doc__ + '\nflags:\n' + flags.FLAGS.module_help(__name__ if __name__ != '__main__'
+                                                           else sys.argv[0]))
+    sys.exit(0)
   try:
-    app.run(lambda a: sys.exit(main(a)), argv=argv)
+    rest = flags.FLAGS(argv)
+    status = main(rest)
+  except flags.Error as e:
+    print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
+    sys.exit(2)
   except (Error, io.ResultsError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  sys.exit(status)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,8 @@ BY_ID = {c.id: c for c in claims.CLAIMS}
 
 
 def synthetic(name):
-  """Stand-ins for the CSVs of experiments not on every branch (vocabulary scaling, real text), shaped as
-  those issues specify and satisfying their claims."""
+  """Stand-ins for the CSVs of experiments not on every branch (vocabulary scaling, real
+  text), shaped as those experiments specify and satisfying their claims."""
   rng = np.random.default_rng(0)
   if name == 'vocabulary_scaling':
     rows = []
@@ -357,7 +357,7 @@ def _script(*args, cwd):
                         text=True, timeout=120)
 
 
-@pytest.mark.parametrize('case', ['pass', 'fail', 'malformed', 'missing_column'])
+@pytest.mark.parametrize('case', ['pass', 'fail', 'malformed', 'missing_column', 'bad_flag'])
 def test_script_exit_status(case, tmp_path):
   """0 all run claims pass, 1 one fails, 2 with one line on a malformed CSV or a missing
   column (and no claims.csv written)."""
@@ -371,13 +371,15 @@ def test_script_exit_status(case, tmp_path):
     path.write_text('source,K,T,trial,error\n"iid,6,100,0,0.3\n')
   if case == 'missing_column':
     frames['trajectory_learning'].drop(columns='error').to_csv(path, index=False)
-  r = _script(f'--results_dir={tmp_path}', cwd=ROOT)
-  expected = {'pass': 0, 'fail': 1, 'malformed': 2, 'missing_column': 2}[case]
+  r = _script(f'--results_dir={tmp_path}', *(['--quick=maybe'] if case == 'bad_flag' else []),
+              cwd=ROOT)
+  expected = {'pass': 0, 'fail': 1, 'malformed': 2, 'missing_column': 2, 'bad_flag': 2}[case]
   assert r.returncode == expected, r.stdout + r.stderr
   out = tmp_path / 'claims.csv'
   if expected == 2:
     assert r.stderr.startswith('error: ') and len(r.stderr.strip().splitlines()) == 1
-    assert 'trajectory_learning.csv' in r.stderr and not out.exists()
+    assert ('--quick' if case == 'bad_flag' else 'trajectory_learning.csv') in r.stderr
+    assert not out.exists()
   else:
     table = pd.read_csv(out)
     row = table[table['id'] == claim.id].iloc[0]
