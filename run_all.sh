@@ -2,6 +2,7 @@
 # Regenerate every results CSV and figure of the paper (full fidelity, ~minutes on 2 CPU cores).
 #   bash run_all.sh            # paper fidelity: results/ and figures/
 #   bash run_all.sh --quick    # smoke run with small settings, into results/quick, figures/quick
+# Both end with `python -m experiments.claims` (exit 1 when a claim of the paper fails).
 # Any further arguments are passed to every experiment (e.g. --seed=1).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,3 +46,16 @@ for name in "${experiments[@]}"; do
   echo "== $name took $(( $(date +%s) - start )) s" >&2
 done
 echo "== all experiments took $(( $(date +%s) - total_start )) s" >&2
+# Check every claim on the new CSVs (exit 1 when one fails); the full run refreshes the README.
+echo "== claims" >&2
+results_dir=results
+for a in "${args[@]}"; do
+  case "$a" in --results_dir=*) results_dir="${a#--results_dir=}" ;; esac
+done
+if [ "$quick" = 1 ]; then
+  python -m experiments.claims --quick --results_dir="$results_dir"
+elif [ "$results_dir" = results ]; then
+  python -m experiments.claims --readme=README.md
+else
+  python -m experiments.claims --results_dir="$results_dir"
+fi
