@@ -1,0 +1,65 @@
+"""Bad input and interrupts as a user meets them (subprocesses through ``experiments.common.run``):
+absl's own parse errors, an out-of-range --seed and --plot_only into a bad --figures_dir are one
+``error:`` line with exit 2 and no file; SIGINT stops a run even when inherited as ignored."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, run_module
+
+BAD = [
+    # (module, args, the line starts with, words it must contain)
+    ('experiments.collapse', ['--seed=99999999999999999999'], 'error: --seed=', ['4294967295']),
+    ('experiments.collapse', ['--seed=-1'], 'error: --seed=', ['4294967295']),
+    ('experiments.sample_complexity', ['--trials=abc'], 'error: --trials=abc', ['integer']),
+    ('experiments.sample_complexity', ['--cross=maybe'], 'error: --cross=maybe',
+     ['true or false']),
+    ('experiments.collapse', ['--sed=3'], 'error: --sed', ['did you mean', '--seed']),
+    ('experiments.collapse', ['--bogus_flag=1'], 'error: --bogus_flag', ['--help']),
+]
+
+
+def files_under(path):
+  return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+
+
+@pytest.mark.parametrize('module,args,start,words', BAD, ids=[a[0] for _, a, _, _ in BAD])
+def test_parse_and_seed_errors_are_one_line_exit_2(tmp_path, module, args, start, words):
+  r = run_module(module, *args, tmp=tmp_path)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2, r.stderr
+  assert len(lines) == 1 and lines[0].startswith(start), r.stderr
+  assert all(w in lines[0] for w in words), r.stderr
+  assert not files_under(tmp_path)
+
+
+def test_plot_only_into_a_file_as_figures_dir(tmp_path):
+  blocker = tmp_path / 'figures'  # run_module passes --figures_dir=tmp/figures
+  blocker.write_text('not a folder')
+  r = run_module('experiments.collapse', '--plot_only', tmp=tmp_path)
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert r.returncode == 2, r.stderr
+  assert len(lines) == 1 and lines[0].startswith('error: --figures_dir='), r.stderr
+  assert files_under(tmp_path) == [str(blocker)]
+
+
+def test_sigint_stops_a_run_that_inherited_sigint_ignored(tmp_path):
+  # A background job of a non-interactive shell starts with SIGINT set to SIG_IGN.
+  cmd = [sys.executable, '-m', 'experiments.sample_complexity', '--K=3,4', '--n=200,400',
+         '--trials=3', '--mc_samples=1000', f'--results_dir={tmp_path}/results',
+         f'--figures_dir={tmp_path}/figures']
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+  for line in proc.stderr:
+    if '(1/4)' in line:  # the handlers are installed once the first setting is reported
+      proc.send_signal(signal.SIGINT)
+      break
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=120) == 130, rest
+  assert 'interrupted' in rest
+  assert not [f for f in files_under(tmp_path) if f.endswith('.tmp') or '.tmp' in f]
+  assert not os.path.exists(tmp_path / 'figures') or not os.listdir(tmp_path / 'figures')
