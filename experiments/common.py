@@ -360,6 +360,14 @@ def parse_flags(argv):
   sys.exit(2)
 
 
+def _exit_during_shutdown(signum, frame):
+  # After the run (interpreter shutdown, atexit callbacks): an exception raised here would be
+  # printed as "Exception ignored in atexit callback" and the run would exit 0.
+  sys.stdout.flush()
+  print('interrupted during shutdown, after the run had ended', file=sys.stderr, flush=True)
+  os._exit(130)
+
+
 def _check_common_flags():
   """The flags of every script that the script's own ``validate`` does not check."""
   check_int('seed', FLAGS.seed, 0, MAX_SEED)
@@ -375,8 +383,10 @@ def run(entry, quick=None):
   it; it is applied before ``entry`` runs: a :class:`Spec` (run by :func:`main`) or a function
   ``entry(argv)``.
 
-  Flag and results errors print ``error: ...`` and exit 2 (no traceback). An interrupt exits
-  130; the CSV then holds every setting finished so far (each was written atomically).
+  Flag and results errors print ``error: ...`` and exit 2 (no traceback), absl's own parse
+  errors included (:func:`parse_flags`). An interrupt (SIGTERM, or SIGINT even when inherited as
+  ignored) exits 130; the CSV then holds every setting finished so far (each was written
+  atomically). One during interpreter shutdown prints one line and exits 130 too.
   """
   def wrapped(argv):
     if len(argv) > 1:
@@ -404,6 +414,9 @@ def run(entry, quick=None):
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)
       sys.exit(130)
+    finally:
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_during_shutdown)
   try:
     app.run(wrapped, flags_parser=parse_flags)
   except SystemExit as e:

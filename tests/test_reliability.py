@@ -63,3 +63,23 @@ def test_sigint_stops_a_run_that_inherited_sigint_ignored(tmp_path):
   assert 'interrupted' in rest
   assert not [f for f in files_under(tmp_path) if f.endswith('.tmp') or '.tmp' in f]
   assert not os.path.exists(tmp_path / 'figures') or not os.listdir(tmp_path / 'figures')
+
+
+SHUTDOWN_SCRIPT = """
+import atexit, os, signal, time
+from experiments import common
+def entry(argv):
+  # Runs after the entry returned, during interpreter shutdown.
+  atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))
+common.run(entry)
+"""
+
+
+def test_sigterm_during_interpreter_shutdown_is_no_traceback_and_not_exit_0(tmp_path):
+  r = subprocess.run([sys.executable, '-c', SHUTDOWN_SCRIPT, f'--results_dir={tmp_path}/r',
+                      f'--figures_dir={tmp_path}/f'], cwd=ROOT, capture_output=True, text=True,
+                     env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=60)
+  assert r.returncode == 130, r.stderr
+  assert 'Exception ignored' not in r.stderr and 'Traceback' not in r.stderr, r.stderr
+  assert [l for l in r.stderr.splitlines() if l.strip()] == [
+      'interrupted during shutdown, after the run had ended'], r.stderr
