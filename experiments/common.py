@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -108,6 +109,12 @@ def check_writable_dir(name, path):
     raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
   if not os.access(path, os.W_OK | os.X_OK):
     raise FlagError(f'--{name}={path} is not a writable folder (permission denied)')
+  try:  # a real write: root passes os.access on /proc and on read-only mounts
+    fd, probe = tempfile.mkstemp(prefix='.write_probe_', dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
 
 
 def check_memory(name, value, bytes_needed, fraction=0.7):
