@@ -6,10 +6,13 @@ The experiments import ``ccmc_jax``; ``ccmc_jax`` never imports this.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -106,6 +109,12 @@ def check_writable_dir(name, path):
     raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
   if not os.access(path, os.W_OK | os.X_OK):
     raise FlagError(f'--{name}={path} is not a writable folder (permission denied)')
+  try:  # a real write: root passes os.access on /proc and on read-only mounts
+    fd, probe = tempfile.mkstemp(prefix='.write_probe_', dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
 
 
 def check_memory(name, value, bytes_needed, fraction=0.7):
@@ -317,6 +326,62 @@ def _raise_interrupt(signum, frame):
   raise KeyboardInterrupt(f'signal {signum}')
 
 
+MAX_SEED = 2**32 - 1  # JAX's default PRNG keeps 32 bits of the seed: larger seeds would alias
+
+
+_FLAG_TYPES = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
+               'string': 'a string', 'comma separated list of strings': 'a comma-separated list'}
+
+
+def _accepts(flag):
+  """What a flag accepts, in words (for the one-line parse errors)."""
+  parser = flag.parser
+  if getattr(parser, 'enum_values', None):
+    return 'one of ' + ', '.join(parser.enum_values)
+  kind = _FLAG_TYPES.get(parser.flag_type(), parser.flag_type())
+  low, high = getattr(parser, 'lower_bound', None), getattr(parser, 'upper_bound', None)
+  if low is not None or high is not None:
+    kind += f' in [{"-inf" if low is None else low}, {"inf" if high is None else high}]'
+  return kind
+
+
+def parse_flags(argv):
+  """``absl``'s flag parsing with its errors as one line (exit 2): the flag, what it accepts,
+  and for an unknown flag the nearest known ones."""
+  try:
+    return FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    name = e.flagname
+    near = difflib.get_close_matches(name, list(FLAGS), n=3, cutoff=0.6)
+    hint = f': did you mean {", ".join("--" + n for n in near)}?' if near else ' (see --help)'
+    message = f'--{name} is not a flag of this script{hint}'
+  except flags.Error as e:
+    text = (str(e) or type(e).__name__).splitlines()[0]
+    match = re.match(r'flag --([^=:\s]+)=(.*?): ', text)  # absl: "flag --K=abc: why"
+    if match and match.group(1) in FLAGS:
+      name, value = match.groups()
+      message = f'--{name}={value} is invalid: allowed values are {_accepts(FLAGS[name])}'
+    else:
+      message = text
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _exit_during_shutdown(signum, frame):
+  # After the run (interpreter shutdown, atexit callbacks): an exception raised here would be
+  # printed as "Exception ignored in atexit callback" and the run would exit 0.
+  sys.stdout.flush()
+  print('interrupted during shutdown, after the run had ended', file=sys.stderr, flush=True)
+  os._exit(130)
+
+
+def _check_common_flags():
+  """The flags of every script that the script's own ``validate`` does not check."""
+  check_int('seed', FLAGS.seed, 0, MAX_SEED)
+  if FLAGS.plot_only:
+    check_writable_dir('figures_dir', FLAGS.figures_dir)
+
+
 def run(entry, quick=None):
   """``absl.app.run`` with one-line errors and a clean exit on Ctrl-C / SIGTERM.
 
@@ -325,17 +390,21 @@ def run(entry, quick=None):
   it; it is applied before ``entry`` runs: a :class:`Spec` (run by :func:`main`) or a function
   ``entry(argv)``.
 
-  Flag and results errors print ``error: ...`` and exit 2 (no traceback). An interrupt exits
-  130; the CSV then holds every setting finished so far (each was written atomically).
+  Flag and results errors print ``error: ...`` and exit 2 (no traceback), absl's own parse
+  errors included (:func:`parse_flags`). An interrupt (SIGTERM, or SIGINT even when inherited as
+  ignored) exits 130; the CSV then holds every setting finished so far (each was written
+  atomically). One during interpreter shutdown prints one line and exits 130 too.
   """
   def wrapped(argv):
     if len(argv) > 1:
       print(f'error: unexpected arguments {" ".join(argv[1:])} (flags look like --K=5)',
             file=sys.stderr)
       sys.exit(2)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: it may arrive as SIG_IGN
+      signal.signal(signum, _raise_interrupt)
     logging.set_verbosity(logging.WARNING)
     try:
+      _check_common_flags()
       if quick is not None and FLAGS.quick:
         if callable(quick):
           quick()
@@ -352,8 +421,11 @@ def run(entry, quick=None):
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)
       sys.exit(130)
+    finally:
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_during_shutdown)
   try:
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse_flags)
   except SystemExit as e:
     # absl exits 1 after printing --help; asking for help is not a failure.
     if e.code == 1 and {'--help', '-h', '-?', '--helpshort', '--helpfull'} & set(sys.argv[1:]):
