@@ -297,14 +297,22 @@ def m_theory_ratio(f):
                   + ', '.join(last))
 
 
+def _rows(f, name, column, value):
+  """The rows of CSV ``name`` whose ``column`` equals ``value``."""
+  df = f[name]
+  return df[df[column] == value]
+
+
 def _svc(f, attention):
-  df = f['self_vs_cross']
-  return df[df['attention'] == attention]
+  return _rows(f, 'self_vs_cross', 'attention', attention)
+
+
+def _slope(name, g):
+  return ({name: mean_slope(g)} if len(g) else {}), ''
 
 
 def m_self_slope(f):
-  g = _svc(f, 'self')
-  return ({'self': mean_slope(g)} if len(g) else {}), ''
+  return _slope('self', _svc(f, 'self'))
 
 
 def m_cross_over_self(f):
@@ -360,13 +368,11 @@ def m_graph(f):
 
 
 def _pe(f, metric):
-  df = f['positional_encoding']
-  return df[df['metric'] == metric]
+  return _rows(f, 'positional_encoding', 'metric', metric)
 
 
 def m_pe_P_slope(f):
-  g = _pe(f, 'P_error')
-  return ({'P_error': mean_slope(g)} if len(g) else {}), ''
+  return _slope('P_error', _pe(f, 'P_error'))
 
 
 def m_pe_w_slope(f):
