@@ -44,6 +44,11 @@ class FlagError(ValueError):
   """A bad flag value: reported as one line naming the flag and its allowed values."""
 
 
+class CheckFailed(Exception):
+  """A check that an experiment exists to make (an equivalence, a bound) failed, or gave NaN:
+  reported as one ``FAILED: ...`` line after the results and figure are written; exit 1."""
+
+
 def check_int(name, value, lo, hi=None):
   """Require ``lo <= value <= hi`` for an int flag (or every element of a list flag)."""
   for v in value if isinstance(value, (list, tuple)) else [value]:
@@ -260,6 +265,9 @@ class Spec:
       adds rows as settings finish (skipping ``results[...].done(...)`` ones under --resume).
     plot: ``(*csv paths in table order) -> Figure``, from the CSVs only.
     message: ``(main table's summary dict) -> str``, the final progress line (optional).
+    check: ``(main table's summary dict) -> str | None``, the experiment's own check
+      (optional): a message when it failed (NaN must count as failure); the run then ends
+      with exit status 1 after writing its CSVs and figure.
   """
   name: str
   tables: Sequence[Table]
@@ -268,6 +276,7 @@ class Spec:
   run: Callable[[Any, dict], None]
   plot: Callable[..., Any]
   message: Optional[Callable[[dict], str]] = None
+  check: Optional[Callable[[dict], Optional[str]]] = None
 
 
 def main(spec: Spec):
@@ -288,6 +297,9 @@ def main(spec: Spec):
     progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
   figures = save_figure(spec.plot(*paths), spec.name)
   progress(f'{spec.name}: wrote {", ".join(figures)}')
+  failure = spec.check(stats) if spec.check and not FLAGS.plot_only else None
+  if failure:
+    raise CheckFailed(f'{spec.name}: {failure}')
 
 
 XLA_OPT_LEVEL = '--xla_backend_optimization_level=1'
@@ -391,7 +403,8 @@ def run(entry, quick=None):
   ``entry(argv)``.
 
   Flag and results errors print ``error: ...`` and exit 2 (no traceback), absl's own parse
-  errors included (:func:`parse_flags`). An interrupt (SIGTERM, or SIGINT even when inherited as
+  errors included (:func:`parse_flags`). A failed experiment check (:class:`CheckFailed`)
+  prints ``FAILED: ...`` and exits 1. An interrupt (SIGTERM, or SIGINT even when inherited as
   ignored) exits 130; the CSV then holds every setting finished so far (each was written
   atomically). One during interpreter shutdown prints one line and exits 130 too.
   """
@@ -417,6 +430,9 @@ def run(entry, quick=None):
     except (FlagError, io.UserError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
+    except CheckFailed as e:
+      print(f'FAILED: {e}', file=sys.stderr)
+      sys.exit(1)
     except KeyboardInterrupt:
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)
