@@ -4,7 +4,10 @@ The only module of ``ccmc_jax`` that touches files; the model, samplers and fits
 """
 from __future__ import annotations
 
+import errno
 import functools
+import hashlib
+from io import StringIO as _StringIO
 import json
 import os
 import platform
@@ -26,28 +29,97 @@ class ResultsError(UserError):
   """A results CSV that cannot be used (missing, malformed, wrong columns)."""
 
 
-def atomic_write_text(path, text):
-  """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
-  so a reader (or an interrupted run) never sees a half-written file."""
+def write_error(path, error: OSError):
+  """The one-line message of an OSError met writing ``path`` (a full disk said so plainly)."""
+  if error.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)):
+    return f'no space left on device writing {path}'
+  return f'cannot write {path} ({error.strerror or error})'
+
+
+def stage(path, write, mode='w'):
+  """Write a uniquely named temporary file next to ``path`` through ``write(file)`` and return
+  its name (to be renamed onto ``path``). A failure leaves no temporary file and raises
+  ResultsError with one line (``no space left on device writing <path>`` for a full disk)."""
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
+  tmp = None
   try:
-    with os.fdopen(fd, 'w', newline='') as f:
-      f.write(text)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
+                               suffix='.tmp')
+    with os.fdopen(fd, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+      write(f)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary shared files
+    staged, tmp = tmp, None
+    return staged
+  except OSError as e:
+    raise ResultsError(write_error(path, e)) from None
+  finally:
+    if tmp is not None and os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def replace(tmp, path):
+  """Rename a staged temporary file onto ``path`` (removing it, with a one-line error, if the
+  rename fails)."""
+  try:
     os.replace(tmp, path)
-  except BaseException:
+  except OSError as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+    raise ResultsError(write_error(path, e)) from None
+
+
+def atomic_write(path, write, mode='w'):
+  """Write ``path`` through a temporary file in the same folder and a rename, so a reader (or an
+  interrupted run) never sees a half-written file and a failed write (a full disk) leaves the
+  previous file intact; errors are one-line ResultsErrors."""
+  replace(stage(path, write, mode), path)
+
+
+def atomic_write_text(path, text):
+  """:func:`atomic_write` of a text."""
+  atomic_write(path, lambda f: f.write(text))
+
+
+def csv_text(df: pd.DataFrame):
+  """A long-format results table as CSV text (deterministic float formatting)."""
+  return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator='\n')
+
+
+def parse_csv_text(text):
+  """The table a reader of ``text`` (from :func:`csv_text`) gets: what a resumed run sees."""
+  if not text.strip():
+    return pd.DataFrame()
+  return pd.read_csv(_StringIO(text))
+
+
+def stored_value(value):
+  """``value`` as a CSV written by :func:`write_csv` stores it (floats rounded to FLOAT_FORMAT),
+  for comparing a flag's value with the CSV's."""
+  if isinstance(value, (float, np.floating)):
+    return float(FLOAT_FORMAT % value)
+  return value
+
+
+def text_digest(text):
+  """The sha256 of a text as written (UTF-8): the resume journal's record of a CSV."""
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def file_digest(path):
+  """The sha256 of a file's bytes (None when it does not exist)."""
+  try:
+    with open(path, 'rb') as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  except FileNotFoundError:
+    return None
 
 
 def write_csv(df: pd.DataFrame, path):
   """Atomically write a long-format results table (deterministic float formatting)."""
-  atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator='\n'))
+  atomic_write_text(path, csv_text(df))
 
 
 def read_csv(path, required=(), numeric=()):
@@ -128,8 +200,37 @@ def write_meta(path, flags: dict, **extra):
 
 
 def read_meta(path):
-  """Read a metadata sidecar; None when absent."""
+  """Read a metadata sidecar (a JSON object); None when absent. A sidecar that is not a JSON
+  object (corrupt, truncated, binary, a list) raises ResultsError with one line naming it."""
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, 'rb') as f:
+      meta = json.loads(f.read().decode('utf-8'))
+  except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    why = getattr(e, 'strerror', None) or (str(e).splitlines() or [type(e).__name__])[0]
+    raise ResultsError(f'{path} is not a readable metadata sidecar (not JSON: {why})') from None
+  if not isinstance(meta, dict):
+    raise ResultsError(f'{path} is not a metadata sidecar (a JSON {type(meta).__name__}, '
+                       f'not an object)')
+  return meta
+
+
+def lock(path, what=None):
+  """Take an exclusive lock on the file ``path`` (created if needed) for as long as the
+  returned descriptor is open (the kernel releases it when the process ends, however it ends).
+  Raises ResultsError with one line, naming ``what`` (default: the lock file), when another
+  run holds it."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+  except OSError as e:
+    raise ResultsError(write_error(path, e)) from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    raise ResultsError(f'{what or path} is being written by another run now (it holds {path}): '
+                       f'wait for it to end or give another --results_dir') from None
+  return fd

@@ -105,12 +105,14 @@ def run(W_X, results):
       continue
     out = {k: np.asarray(v) for k, v in trials.run_cell(
         cell, sweep, trials.keys(seed, cell, trial_count)).items()}
-    results[POINTS_NAME].add({
-        **setting, 'trial': np.repeat(np.arange(s), cell.K), 'token': np.tile(np.arange(cell.K), s),
-        'attention': out['attention'][:s].reshape(-1), 'ccmc': out['ccmc'][:s].reshape(-1)})
-    results[NAME].add({**setting, 'trial': np.arange(trial_count), 'seed': seed,
-                       'prompts': prompts, 'count': prompts * cell.K,
-                       **{k: out[k] for k in trials.COLUMNS[:3]}})
+    with results.unit():  # both tables or neither (--resume)
+      results[POINTS_NAME].add({
+          **setting, 'trial': np.repeat(np.arange(s), cell.K),
+          'token': np.tile(np.arange(cell.K), s),
+          'attention': out['attention'][:s].reshape(-1), 'ccmc': out['ccmc'][:s].reshape(-1)})
+      results[NAME].add({**setting, 'trial': np.arange(trial_count), 'seed': seed,
+                         'prompts': prompts, 'count': prompts * cell.K,
+                         **{k: out[k] for k in trials.COLUMNS[:3]}})
     common.progress(f'{NAME}: K={cell.K} L={cell.L} {"cross" if cell.cross else "self"} '
                     f'({i + 1}/{len(todo)}): {trial_count * prompts} pairs, max |attention - '
                     f'CCMC| = {out["max_abs_diff"].max():.2e}', start)

@@ -5,6 +5,7 @@ The experiments import ``ccmc_jax``; ``ccmc_jax`` never imports this.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -139,65 +140,209 @@ def progress(msg, start=None):
 
 
 class Results:
-  """A long-format results table written atomically after every finished setting.
+  """A long-format results table of a run, rewritten atomically whenever a setting finishes.
 
-  With ``resume=True`` the rows of an existing CSV made with the same flags are kept and
-  :meth:`done` says which settings to skip. Rows are sorted by ``keys`` on every write, so an
-  interrupted-then-resumed run ends with exactly the bytes of an uninterrupted one.
+  Rows are sorted by ``keys`` on every write and kept as the CSV stores them (floats rounded
+  to ``io.FLOAT_FORMAT``), so an interrupted-then-resumed run ends with exactly the bytes of an
+  uninterrupted one. Adding rows whose keys are already present replaces those rows: a setting
+  is never in the table twice.
+
+  A table belongs to a :class:`Run` (its lock, sidecars and resume journal); one made on its
+  own (``Results(name, keys, flags)``) is a run of one table, unlocked at :meth:`finish`.
   """
 
-  def __init__(self, name, keys, flag_dict, resume=False):
+  def __init__(self, name, keys, flag_dict, resume=False, run=None):
     self.name, self.keys, self.flags = name, list(keys), flag_dict
     self.path = os.path.join(FLAGS.results_dir, f'{name}.csv')
     self.meta_path = os.path.join(FLAGS.results_dir, f'{name}.meta.json')
     self.frame = pd.DataFrame()
     self.start = time.time()
-    self._meta_written = False
-    if resume and os.path.isfile(self.path):
-      meta = io.read_meta(self.meta_path) or {}
-      old = {k: v for k, v in meta.get('flags', {}).items() if k not in NEUTRAL_FLAGS}
-      new = {k: v for k, v in flag_dict.items() if k not in NEUTRAL_FLAGS}
-      if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise FlagError(f'--resume: {self.path} was made with other flags '
-                        f'({", ".join(changed) or "no metadata"}); rerun without --resume')
-      self.frame = io.read_csv(self.path, required=self.keys)
+    self.run = run
+    self._own_run = run is None
+    if run is None:
+      Run(flag_dict, [self], [name] if resume else [])
 
   def done(self, setting: dict) -> bool:
-    """Whether the rows of this setting (a dict over some of the key columns) are present."""
+    """Whether the rows of this setting (a dict over some of the key columns) are present;
+    float values are compared as the CSV stores them (``io.stored_value``)."""
     if self.frame.empty:
       return False
-    mask = True
+    mask = np.ones(len(self.frame), bool)
     for k, v in setting.items():
-      mask = mask & (self.frame[k] == v)
-    return bool(getattr(mask, 'any', lambda: mask)())
+      mask &= (self.frame[k] == io.stored_value(v)).to_numpy()
+    return bool(mask.any())
 
   def add(self, rows):
-    """Append rows (a DataFrame, or a dict of columns) and rewrite the CSV atomically.
-
-    The sidecar (status 'partial', the flags --resume checks) is written at the first add
-    only: the flags do not change during a run, and :meth:`finish` writes the final one.
-    """
+    """Add rows (a DataFrame, or a dict of columns) and rewrite the CSV atomically (inside
+    ``run.unit()``: when the unit ends, with the unit's other tables). Rows of the table with
+    the same keys as an added row are replaced."""
     rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    first = not self._meta_written
-    self.frame = pd.concat([self.frame, rows], ignore_index=True) if len(self.frame) else rows
-    self.frame = self.frame.sort_values(self.keys, kind='stable').reset_index(drop=True)
-    io.write_csv(self.frame, self.path)
-    if first:
-      io.write_meta(self.meta_path, self.flags, status='partial', keys=self.keys)
-      self._meta_written = True
+    rows = io.parse_csv_text(io.csv_text(rows))  # as stored: keys compare with the CSV's
+    frame = self.frame
+    if len(frame) and len(rows):
+      old = pd.MultiIndex.from_frame(frame[self.keys])
+      frame = frame[~old.isin(pd.MultiIndex.from_frame(rows[self.keys]))]
+    frame = pd.concat([frame, rows], ignore_index=True) if len(frame) else rows
+    self.frame = frame.sort_values(self.keys, kind='stable').reset_index(drop=True)
+    self.run.changed(self)
+
+  def write_meta(self, status, **extra):
+    """The sidecar: flags, keys, status (and the run's resume journal for its main table)."""
+    if self.run is not None and self is self.run.main:
+      extra['journal'] = dict(self.run.journal)
+    io.write_meta(self.meta_path, self.flags, status=status, keys=self.keys, **extra)
 
   def finish(self, **extra):
     """Mark the results complete in the sidecar, with the wall time."""
     wall = time.time() - self.start
-    io.write_meta(self.meta_path, self.flags, status='complete', rows=len(self.frame),
-                  keys=self.keys, wall_time_s=round(wall, 2), **extra)
+    with uninterrupted():
+      self.write_meta('complete', rows=len(self.frame), wall_time_s=round(wall, 2), **extra)
+    if self._own_run:
+      self.run.close()
     return wall
+
+
+class Run(dict):
+  """The results tables of one run (name -> :class:`Results`), written so that nothing is lost
+  and nothing is silently wrong:
+
+  * each table's name is locked (``results_dir/.<name>.lock``) for the whole run: a second
+    run into the same results gets one line and writes nothing;
+  * every sidecar (flags, status 'partial') is written before any work, so a run stopped at
+    any moment can be resumed;
+  * the main (first) table's sidecar keeps a journal: the sha256 of every table's CSV as last
+    written. Tables written together (:meth:`unit`) are staged, journalled, then renamed, with
+    SIGTERM/SIGINT deferred (:func:`uninterrupted`): a setting is in every table or in none.
+    ``--resume`` keeps a table's rows only when the CSV is exactly what this run's flags wrote
+    (same flags, same digest); anything else is one line and exit 2, never a silent mix.
+  """
+
+  def __init__(self, flag_dict, tables, resume=()):
+    """``tables``: :class:`Results`, or (name, keys) pairs to make them; the first is the main
+    one. ``resume``: the names of the tables whose rows to keep from a previous run."""
+    tables = [t if isinstance(t, Results) else Results(*t, flag_dict, run=self) for t in tables]
+    super().__init__((t.name, t) for t in tables)
+    self.flags, self.main, self.journal = flag_dict, tables[0], {}
+    self._unit, self._locks = None, []
+    for t in tables:
+      t.run = self
+    try:
+      for t in tables:
+        self._locks.append(io.lock(os.path.join(os.path.dirname(t.path), f'.{t.name}.lock'),
+                                   what=t.path))
+      if resume:
+        self._resume([self[name] for name in resume])
+      with uninterrupted():
+        for t in tables:
+          t.write_meta('partial')
+    except BaseException:
+      self.close()
+      raise
+
+  def _resume(self, tables):
+    """Load the rows of a previous run of the same flags (see the class doc)."""
+    main = self.main
+    meta = io.read_meta(main.meta_path)
+    journal = None if meta is None else meta.get('journal')
+    if journal is None:  # no sidecar, or one written without a journal (an older version)
+      if os.path.isfile(main.path):
+        why = 'is missing' if meta is None else 'has no resume journal (an older version)'
+        raise FlagError(f'--resume: {main.meta_path} {why}, so {main.path} cannot be checked; '
+                        f'rerun without --resume')
+      return
+    flags_then = meta.get('flags')
+    if not isinstance(journal, dict) or not isinstance(flags_then, dict):
+      raise io.ResultsError(f'{main.meta_path} is not a sidecar of this suite (no flags or '
+                            f'journal object)')
+    if not journal:  # stopped before anything was written: nothing to keep
+      return
+    old = {k: v for k, v in flags_then.items() if k not in NEUTRAL_FLAGS}
+    new = {k: v for k, v in self.flags.items() if k not in NEUTRAL_FLAGS}
+    if old != new:
+      changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+      raise FlagError(f'--resume: {main.path} was made with other flags '
+                      f'({", ".join(changed)}); rerun without --resume')
+    for t in tables:
+      if t.name not in journal:
+        continue
+      if io.file_digest(t.path) != journal[t.name]:
+        raise FlagError(f'--resume: {t.path} is not what this run last wrote (changed or '
+                        f'removed since, per the journal in {main.meta_path}); rerun without '
+                        f'--resume')
+      t.frame = io.read_csv(t.path, required=t.keys)
+      self.journal[t.name] = journal[t.name]
+
+  def changed(self, table):
+    """A table's rows changed: write it now, or when the current unit ends."""
+    if self._unit is not None:
+      self._unit[table.name] = table
+    else:
+      self.commit([table])
+
+  @contextlib.contextmanager
+  def unit(self):
+    """Adds inside the block are written together when it ends (and not at all if it is
+    interrupted): a setting written to several tables, or by several adds, is complete in
+    every table or absent from all."""
+    if self._unit is not None:
+      yield self
+      return
+    self._unit = {}
+    try:
+      yield self
+      tables = list(self._unit.values())
+    finally:
+      self._unit = None
+    self.commit(tables)
+
+  def commit(self, tables):
+    """Write ``tables``: stage every CSV, write the journal, then rename them all (signals
+    deferred); each table's frame is then exactly what its CSV holds."""
+    staged = []
+    with uninterrupted():
+      try:
+        texts = {t.name: io.csv_text(t.frame) for t in tables}
+        for t in tables:
+          staged.append((io.stage(t.path, lambda f, x=texts[t.name]: f.write(x)), t.path))
+          self.journal[t.name] = io.text_digest(texts[t.name])
+        self.main.write_meta('partial')
+        while staged:
+          io.replace(*staged[0])
+          staged.pop(0)
+      finally:
+        for tmp, _ in staged:
+          if os.path.exists(tmp):
+            os.unlink(tmp)
+      for t in tables:
+        t.frame = io.parse_csv_text(texts[t.name])
+
+  def close(self):
+    """Release the locks (the process's end releases them too)."""
+    while self._locks:
+      os.close(self._locks.pop())
+
+
+_INTERRUPT = {'depth': 0, 'signal': None}
+
+
+@contextlib.contextmanager
+def uninterrupted():
+  """Defer SIGTERM/SIGINT (as handled by :func:`run`) to the end of the block, so a group of
+  writes (several CSVs and their journal, a figure) completes before the run stops."""
+  _INTERRUPT['depth'] += 1
+  try:
+    yield
+  finally:
+    _INTERRUPT['depth'] -= 1
+  if not _INTERRUPT['depth'] and _INTERRUPT['signal'] is not None:
+    signum, _INTERRUPT['signal'] = _INTERRUPT['signal'], None
+    raise KeyboardInterrupt(f'signal {signum}')
 
 
 def save_figure(fig, name):
   """Save ``figures_dir/name.png`` and ``.pdf`` atomically (see ``plots.style.save``)."""
-  return style.save(fig, FLAGS.figures_dir, name)
+  with uninterrupted():
+    return style.save(fig, FLAGS.figures_dir, name)
 
 
 def csv_paths(*names):
@@ -224,7 +369,7 @@ def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary
   csv, = csv_paths(name)
   if not FLAGS.plot_only:
     _, flag_dict = start(validate, flag_names)
-    results = Results(name, keys, flag_dict, FLAGS.resume)
+    results = Results(name, keys, flag_dict, FLAGS.resume)  # locked until finish
     run_experiment(results)
     wall = results.finish(**summary(results.frame))
     progress(f'{name}: wrote {results.path} in {wall:.1f} s')
@@ -286,16 +431,21 @@ def main(spec: Spec):
   paths = csv_paths(*(t.name for t in spec.tables))
   if not FLAGS.plot_only:
     checked, flag_dict = start(spec.validate, spec.flag_names)
-    results = {t.name: Results(t.name, t.keys, flag_dict, FLAGS.resume and t.resume)
-               for t in spec.tables}
-    spec.run(checked, results)
-    for t in reversed(spec.tables):  # the main table last: its wall time covers the run
-      stats = t.summary(results[t.name].frame) if t.summary else {}
-      wall = results[t.name].finish(**stats)
-    first = spec.tables[0].name
-    line = spec.message(stats) + '; ' if spec.message else ''
-    progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
-  figures = save_figure(spec.plot(*paths), spec.name)
+    results = Run(flag_dict, [(t.name, t.keys) for t in spec.tables],
+                  [t.name for t in spec.tables if FLAGS.resume and t.resume])
+    try:
+      spec.run(checked, results)
+      for t in reversed(spec.tables):  # the main table last: its wall time covers the run
+        stats = t.summary(results[t.name].frame) if t.summary else {}
+        wall = results[t.name].finish(**stats)
+      first = spec.tables[0].name
+      line = spec.message(stats) + '; ' if spec.message else ''
+      progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
+      figures = save_figure(spec.plot(*paths), spec.name)  # under the lock: the CSVs it drew
+    finally:
+      results.close()
+  else:
+    figures = save_figure(spec.plot(*paths), spec.name)
   progress(f'{spec.name}: wrote {", ".join(figures)}')
   failure = spec.check(stats) if spec.check and not FLAGS.plot_only else None
   if failure:
@@ -335,6 +485,9 @@ def enable_compilation_cache():
 
 
 def _raise_interrupt(signum, frame):
+  if _INTERRUPT['depth']:  # inside uninterrupted(): raised when the block ends
+    _INTERRUPT['signal'] = signum
+    return
   raise KeyboardInterrupt(f'signal {signum}')
 
 

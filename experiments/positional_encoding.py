@@ -125,9 +125,9 @@ def run(_, results):
   common.progress(f'{NAME}: K={s.K} L={s.L} n={" ".join(map(str, s.ns))}: mean P_error '
                   f'{means["P_error"]}, mean w_error (normalised w) {means["w_error"]}', start)
   rows, weight_rows = trials.fit_columns(s, out, seed)
-  # Weights first: a setting present in the results always has its weights (for --resume).
-  results[WEIGHTS_NAME].add(weight_rows)
-  results[NAME].add(rows)
+  with results.unit():  # both tables or neither (--resume)
+    results[WEIGHTS_NAME].add(weight_rows)
+    results[NAME].add(rows)
 
 
 def eq_summary(frame):

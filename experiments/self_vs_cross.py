@@ -115,9 +115,10 @@ def run(prompts, results):
   seed, start = flags.FLAGS.seed, time.time()
   keys = trials.keys(seed, setting, _TRIALS.value)
   for n, out in trials.run_setting(setting, keys, todo):
-    for attention, columns in out.items():
-      results[NAME].add({'attention': attention, 'K': setting.K, 'L': setting.L, 'n': n,
-                         'trial': np.arange(_TRIALS.value), 'seed': seed, **columns})
+    with results.unit():  # both attentions of n or neither (--resume)
+      for attention, columns in out.items():
+        results[NAME].add({'attention': attention, 'K': setting.K, 'L': setting.L, 'n': n,
+                           'trial': np.arange(_TRIALS.value), 'seed': seed, **columns})
     common.progress(f'{NAME}: n={n} ({setting.ns.index(n) + 1}/{len(setting.ns)}) mean error '
                     f'self {out["self"]["error"].mean():.3g}, cross '
                     f'{out["cross"]["error"].mean():.3g}', start)

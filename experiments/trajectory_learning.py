@@ -65,8 +65,9 @@ def run(_, results):
                                       _RIDGE.value):
     if table.done({'K': K, 'L0': L0, 'T': T}):
       continue
-    table.add(cols)
-    rows.add(row_cols)
+    with results.unit():  # both tables or neither (--resume)
+      table.add(cols)
+      rows.add(row_cols)
     err, single = cols['error'], cols['source'] == 'single'
     common.progress(f'{NAME}: T={T}: mean error single {err[single].mean():.3g}, iid '
                     f'{err[~single].mean():.3g}, rows visited (single) '

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 
 import numpy as np
+
+from ccmc_jax import io
 
 BAND = 'mean ± 1 sd over trials'
 LOG_FLOOR = 0.1  # on a log axis the band's lower edge is at least mean * LOG_FLOOR
@@ -98,24 +99,14 @@ def annotated_heatmap(ax, M, title, highlight_row=None, cmap='Blues', fmt='.2f',
 
 def save(fig, folder, name, close=True):
   """Write ``folder/name.png`` and ``.pdf`` atomically (a uniquely named temporary file in the
-  same folder, then a rename) with reproducible metadata. Returns the two paths."""
-  os.makedirs(folder, exist_ok=True)
+  same folder, then a rename; an interrupted or failed save leaves no temporary file and the
+  previous figure intact) with reproducible metadata. Returns the two paths."""
   paths = []
   for ext in ('png', 'pdf'):
     path = os.path.join(folder, f'{name}.{ext}')
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix=f'.{ext}.tmp')
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        fig.savefig(f, format=ext, dpi=150, bbox_inches='tight',
-                    metadata={'CreationDate': None} if ext == 'pdf' else {'Software': None})
-      umask = os.umask(0)
-      os.umask(umask)
-      os.chmod(tmp, 0o666 & ~umask)
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
+    io.atomic_write(path, lambda f, ext=ext: fig.savefig(
+        f, format=ext, dpi=150, bbox_inches='tight',
+        metadata={'CreationDate': None} if ext == 'pdf' else {'Software': None}), 'wb')
     paths.append(path)
   if close:
     pyplot().close(fig)
