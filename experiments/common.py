@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import glob
 import math
 import os
 import re
@@ -188,7 +189,7 @@ class Results:
 
   def write_meta(self, status, **extra):
     """The sidecar: flags, keys, status (and the run's resume journal for its main table)."""
-    if self.run is not None and self is self.run.main:
+    if self is self.run.main:
       extra['journal'] = dict(self.run.journal)
     io.write_meta(self.meta_path, self.flags, status=status, keys=self.keys, **extra)
 
@@ -232,6 +233,10 @@ class Run(dict):
                                    what=t.path))
       if resume:
         self._resume([self[name] for name in resume])
+      for t in tables:  # temporaries of a killed run (none once a --resume has used them)
+        folder = os.path.dirname(t.path)
+        for stale in glob.glob(os.path.join(glob.escape(folder), f'.{t.name}.csv.*.tmp')):
+          os.unlink(stale)
       with uninterrupted():
         for t in tables:
           t.write_meta('partial')
@@ -262,9 +267,13 @@ class Run(dict):
       changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
       raise FlagError(f'--resume: {main.path} was made with other flags '
                       f'({", ".join(changed)}); rerun without --resume')
+    staged = meta.get('staged') if isinstance(meta.get('staged'), dict) else {}
     for t in tables:
       if t.name not in journal:
         continue
+      tmp = os.path.join(os.path.dirname(t.path), os.path.basename(str(staged.get(t.name))))
+      if io.file_digest(t.path) != journal[t.name] and io.file_digest(tmp) == journal[t.name]:
+        io.replace(tmp, t.path)  # killed between the journal and this rename: complete it
       if io.file_digest(t.path) != journal[t.name]:
         raise FlagError(f'--resume: {t.path} is not what this run last wrote (changed or '
                         f'removed since, per the journal in {main.meta_path}); rerun without '
@@ -305,7 +314,10 @@ class Run(dict):
         for t in tables:
           staged.append((io.stage(t.path, lambda f, x=texts[t.name]: f.write(x)), t.path))
           self.journal[t.name] = io.text_digest(texts[t.name])
-        self.main.write_meta('partial')
+        # Journal first, naming the staged files: a run killed (SIGKILL) before every rename
+        # is done is completed by --resume.
+        self.main.write_meta('partial', staged={t.name: os.path.basename(tmp)
+                                                for t, (tmp, _) in zip(tables, staged)})
         while staged:
           io.replace(*staged[0])
           staged.pop(0)

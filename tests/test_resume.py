@@ -120,6 +120,42 @@ def test_rows_with_present_keys_replace_them_never_duplicate(tmp_path):
   assert frame['trial'].tolist() == [0, 1] and frame['v'].tolist() == [1.0, 3.0]
 
 
+class Killed(BaseException):
+  """Stands for SIGKILL: no cleanup runs (the test switches os.unlink off meanwhile)."""
+
+
+def test_a_run_killed_between_the_journal_and_the_renames_is_completed_by_resume(
+    tmp_path, monkeypatch):
+  def run(_, results):
+    for n in (1, 2):
+      with results.unit():
+        results['two'].add({'n': n, 'v': [n]})
+        results['two_rows'].add({'n': n, 'row': [0, 1], 'v': [n, -n]})
+  spec = common.Spec('two', [common.Table('two', ['n']), common.Table('two_rows', ['n', 'row'])],
+                     [], lambda: None, run, tiny_plot)
+  run_main(spec, tmp_path / 'whole')
+  replace, unlink, calls = io.replace, os.unlink, []
+
+  def killed_replace(tmp, path):
+    nonlocal calls
+    calls += [path] if path.endswith('.csv') else []
+    if len(calls) == 4:  # the second setting: 'two' renamed, 'two_rows' still staged
+      monkeypatch.setattr(os, 'unlink', lambda p: None)
+      raise Killed()
+    replace(tmp, path)
+
+  monkeypatch.setattr(io, 'replace', killed_replace)
+  with pytest.raises(Killed):
+    run_main(spec, tmp_path / 'cut')
+  monkeypatch.setattr(os, 'unlink', unlink)
+  monkeypatch.setattr(io, 'replace', replace)
+  assert read(tmp_path / 'cut', 'two_rows.csv') != read(tmp_path / 'whole', 'two_rows.csv')
+  run_main(spec, tmp_path / 'cut', resume=True)
+  for name in ('two.csv', 'two_rows.csv'):
+    assert read(tmp_path / 'cut', name) == read(tmp_path / 'whole', name)
+  assert not [p for p in os.listdir(tmp_path / 'cut' / 'r') if p.endswith('.tmp')]
+
+
 # 2. Resume matches settings exactly; what it needs exists before any work -------------------
 
 def test_resume_matches_a_float_setting_as_the_csv_stores_it(tmp_path):
