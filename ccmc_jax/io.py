@@ -209,7 +209,7 @@ def read_meta(path):
       meta = json.loads(f.read().decode('utf-8'))
   except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
     why = getattr(e, 'strerror', None) or (str(e).splitlines() or [type(e).__name__])[0]
-    raise ResultsError(f'{path} is not a readable metadata sidecar (not JSON: {why})') from None
+    raise ResultsError(f'{path} is not a readable metadata sidecar ({why})') from None
   if not isinstance(meta, dict):
     raise ResultsError(f'{path} is not a metadata sidecar (a JSON {type(meta).__name__}, '
                        f'not an object)')

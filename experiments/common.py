@@ -418,8 +418,10 @@ class Spec:
     tables: the results CSVs; the first is the experiment's main table.
     flag_names: the script's own flags (recorded in every sidecar).
     validate: ``() -> checked`` raising FlagError; called before any work.
-    run: ``(checked, results) -> None`` with ``results`` a dict table name -> Results; it
-      adds rows as settings finish (skipping ``results[...].done(...)`` ones under --resume).
+    run: ``(checked, results) -> None`` with ``results`` a :class:`Run` (a dict table name ->
+      Results); it adds rows as settings finish (skipping ``results[...].done(...)`` ones
+      under --resume), inside ``with results.unit():`` when a setting goes into several
+      tables or several adds.
     plot: ``(*csv paths in table order) -> Figure``, from the CSVs only.
     message: ``(main table's summary dict) -> str``, the final progress line (optional).
     check: ``(main table's summary dict) -> str | None``, the experiment's own check
