@@ -231,6 +231,6 @@ def lock(path, what=None):
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     os.close(fd)
-    raise ResultsError(f'{what or path} is being written by another run now (it holds {path}): '
+    raise ResultsError(f'{what or path} is being written by another run now (lock {path}): '
                        f'wait for it to end or give another --results_dir') from None
   return fd
