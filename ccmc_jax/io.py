@@ -224,12 +224,14 @@ def lock(path, what=None):
   import fcntl  # pylint: disable=import-outside-toplevel
   try:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # read-only: any user may lock
   except OSError as e:
     raise ResultsError(write_error(path, e)) from None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+  except OSError as e:
+    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      return fd  # a file system without locks (some network mounts): run unlocked
     os.close(fd)
     raise ResultsError(f'{what or path} is being written by another run now (lock {path}): '
                        f'wait for it to end or give another --results_dir') from None
