@@ -93,7 +93,7 @@ def validate():
 
 
 def run(W_X, results):
-  """The example, then every cell not yet in the results (points first, for --resume)."""
+  """The example, then every cell not yet in the results (its two tables written together)."""
   results[EXAMPLE_NAME].add(example.to_columns(example.example_quantities(*W_X),
                                                tuple(example.QUANTITIES)))
   trial_count, prompts, seed, start = _TRIALS.value, _PROMPTS.value, flags.FLAGS.seed, time.time()

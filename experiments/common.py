@@ -33,7 +33,8 @@ flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting ke
 flags.DEFINE_string('results_dir', 'results', 'Folder for the CSV results and .meta.json.')
 flags.DEFINE_string('figures_dir', 'figures', 'Folder for the PNG and PDF figures.')
 flags.DEFINE_bool('quick', False, 'Small, fast smoke-test settings (overrides the defaults).')
-flags.DEFINE_bool('resume', False, 'Skip settings already in the results CSV (same flags).')
+flags.DEFINE_bool('resume', False, 'Keep the settings that an interrupted run with the same '
+                  'flags wrote (CSVs unchanged since) and compute only the rest.')
 flags.DEFINE_bool('plot_only', False, 'Only re-render the figure from the existing CSV.')
 
 FLAGS = flags.FLAGS
