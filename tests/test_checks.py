@@ -17,6 +17,7 @@ import pandas as pd
 from conftest import run_module
 from ccmc_jax import positional
 from ccmc_jax.trials import attention_equivalence as ae
+from ccmc_jax.trials import ccmc_example
 from ccmc_jax.trials import collapse
 from ccmc_jax.trials import common
 from ccmc_jax.trials import positional_encoding as pe
@@ -87,9 +88,14 @@ def test_nan_and_minus_inf_fail_every_check():
   assert pe.eq_failure(eq.fillna(1e-6), 1e-5) is None
   att = pd.DataFrame({'K': [3, 10], 'L': 10, 'cross': [0, 1], 'trial': 0, 'prompts': 5,
                       'max_abs_diff': [1e-7, np.nan]})
-  assert 'K=10 L=10 cross' in ae.failure(att, 1e-5)
-  assert ae.failure(att.fillna(0.5), 1e-5).startswith('max |attention - CCMC| = 0.5 > tol')
-  assert ae.failure(att.fillna(1e-6), 1e-5) is None
+  example = pd.DataFrame(ccmc_example.to_columns(ccmc_example.example_quantities(
+      np.array([[0.4, 1.0], [1.3, -0.5]]), np.array([0, 1, 0])), ccmc_example.QUANTITIES))
+  assert 'K=10 L=10 cross' in ae.failure(att, example, 1e-5)
+  assert ae.failure(att.fillna(0.5), example, 1e-5).startswith(
+      'max |attention - CCMC| = 0.5 > tol')
+  assert ae.failure(att.fillna(1e-6), example, 1e-5) is None
+  example.loc[example['quantity'] == 'pi', 'value'] = np.nan
+  assert ae.failure(att.fillna(1e-6), example, 1e-5).startswith('worked example')
 
 
 def test_positional_scale_50_exits_1_with_finite_csv(tmp_path):
@@ -106,6 +112,18 @@ def test_positional_scale_50_exits_1_with_finite_csv(tmp_path):
   log_routes = eq[eq['route'] != 'embedding']['max_abs_diff']
   assert log_routes.max() < 1e-5
   assert os.path.isfile(tmp_path / 'figures' / 'positional_encoding.png')
+
+
+def test_attention_equivalence_failure_exits_1(tmp_path):
+  """At --scale=50 the float32 P = softmax(W^T) underflows on every key token of some draws:
+  the check fails loudly (it printed "> tol" and exited 0)."""
+  r = run_module('experiments.attention_equivalence', '--scale=50', '--K=3', '--L=10',
+                 '--attention=cross', '--trials=20', '--prompts=20', '--scatter_trials=1',
+                 tmp=tmp_path)
+  assert r.returncode == 1, r.stderr
+  assert r.stderr.strip().splitlines()[-1].startswith(
+      'FAILED: attention_equivalence: max |attention - CCMC| = ')
+  assert os.path.isfile(tmp_path / 'results' / 'attention_equivalence.csv')
 
 
 def test_zero_diagonal_chain_never_emits_an_impossible_token():

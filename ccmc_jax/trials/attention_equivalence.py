@@ -20,6 +20,7 @@ import numpy as np
 
 from ccmc_jax import model
 from ccmc_jax import sampling
+from ccmc_jax.trials import ccmc_example
 from ccmc_jax.trials import common
 
 COLUMNS = ('max_abs_diff', 'mean_abs_diff', 'max_sum_error', 'attention', 'ccmc')
@@ -102,13 +103,19 @@ def summary(frame):
   return common.nan_max(frame['max_abs_diff']), int(frame['prompts'].sum()), per_cell
 
 
-def failure(frame, tol):
-  """None when every cell's max |attention - CCMC| is within ``tol``; else a one-line message
-  naming the worst cell (NaN fails)."""
+def failure(frame, example_frame, tol):
+  """None when every cell's max |attention - CCMC| and the worked example's (``example_frame``:
+  long format, ``trials.ccmc_example.to_columns``) are within ``tol``; else a one-line message
+  naming the worst cell or the example (NaN fails)."""
   worst, _, per_cell = summary(frame)
-  if common.within(worst, tol):
-    return None
-  values = per_cell['max_abs_diff'].to_numpy()
-  row = per_cell.iloc[int(np.argmax(np.where(np.isnan(values), np.inf, values)))]
-  return (f'max |attention - CCMC| = {worst:.3g} > tol {tol:g} (or NaN); worst cell K={int(row.K)} '
-          f'L={int(row.L)} {"cross" if row.cross else "self"}')
+  if not common.within(worst, tol):
+    values = per_cell['max_abs_diff'].to_numpy()
+    row = per_cell.iloc[int(np.argmax(np.where(np.isnan(values), np.inf, values)))]
+    return (f'max |attention - CCMC| = {worst:.3g} > tol {tol:g} (or NaN); worst cell '
+            f'K={int(row.K)} L={int(row.L)} {"cross" if row.cross else "self"}')
+  q = ccmc_example.from_columns(*(example_frame[c].to_numpy()
+                                  for c in ccmc_example.KEYS + ['value']))
+  diff = common.nan_max(np.abs(q['att_output'] - q['pi']))
+  if not common.within(diff, tol):
+    return f'worked example: max |attention - CCMC| = {diff:.3g} > tol {tol:g} (or NaN)'
+  return None
