@@ -24,7 +24,8 @@ normalised weights ``w / sum(w) = softmax(b)``.
 
 The attention model realises the learnable bias exactly (:func:`embed_position_bias`, ``d = K+1``);
 generic positional embeddings give query-dependent weights ``w_i(x_L)`` and a shifted base chain
-(:func:`attention_to_positional_ccmc`), the paper's per-query variant ``b ∈ R^{K x L}``.
+(:func:`attention_to_positional_scores`, in log space; :func:`attention_to_positional_ccmc`, in
+probability form), the paper's per-query variant ``b ∈ R^{K x L}``.
 
 Everything here is pure and jit/vmap friendly; ``n`` is a traced scalar in the fit, so one
 compilation serves a whole sweep of ``n`` (the data are padded to the largest ``n`` and masked).
@@ -306,22 +307,25 @@ def w_error(b_hat, b_true):
   return jnp.sum((normalized_weights(b_hat) - normalized_weights(b_true)) ** 2, axis=-1)
 
 
-def attention_to_positional_ccmc(W, E=None, pos=None):
-  """The positional CCMC that attention with positional embeddings computes.
+def attention_to_positional_scores(W, E=None, pos=None):
+  """The positional CCMC that attention with positional embeddings computes, in log space.
 
   Scores ``(e_{x_i} + p_i)^T W (e_q + p_L)`` split into a token part and a position part:
   ``A_eff[q, k] = e_k^T W (e_q + p_L)`` and ``b_eff[q, i] = p_i^T W (e_q + p_L)``, so
-  ``pi^X_k ∝ P_eff[q, k] sum_{i: x_i = k} w_i(q)`` with ``P_eff = softmax(A_eff)`` and
-  ``w_i(q) = exp(b_eff[q, i])`` — position weights that may depend on the query (the paper's
-  per-query variant); they do not when ``p_i^T W e_q`` is the same for every ``q``.
+  ``log pi^X = positional_log_probs(A_eff, b_eff[x_L], X)``: ``pi^X_k ∝ P_eff[q, k]
+  sum_{i: x_i = k} w_i(q)`` with ``P_eff = softmax(A_eff)`` and ``w_i(q) = exp(b_eff[q, i])``,
+  position weights that may depend on the query (the paper's per-query variant); they do not
+  when ``p_i^T W e_q`` is the same for every ``q``. Nothing is exponentiated, so the result is
+  finite for any finite weights (``P_eff`` underflows and ``w`` overflows in float32 once score
+  gaps exceed ~87; their logs here do not).
 
   Args:
     W: (d, d) weights.
     E: (K, d) embeddings, None for ``I_K``.
     pos: (L, d) positional embeddings with ``C p_i = 0`` (None: no positions).
   Returns:
-    ``(P_eff (K, K), log_w (K, L))``; pass ``exp(log_w)[X[..., -1]]`` as ``w`` to
-    :func:`ccmc_jax.model.positional_ccmc_next_token_probs`.
+    ``(A_eff (K, K), log_w (K, L))``: the scores (``log P_eff`` up to a per-row constant) and
+    the log position weights per query.
   References: paper Lemma 2.5.
   """
   W = jnp.asarray(W)
@@ -330,6 +334,22 @@ def attention_to_positional_ccmc(W, E=None, pos=None):
   queries = E + pos[-1]  # (K, d): e_q + p_L
   A_eff = jnp.einsum('kd,de,qe->qk', E, W, queries)
   log_w = jnp.einsum('id,de,qe->qi', pos, W, queries)
+  return A_eff, log_w
+
+
+def attention_to_positional_ccmc(W, E=None, pos=None):
+  """The positional CCMC of :func:`attention_to_positional_scores` in probability form.
+
+  Returns:
+    ``(P_eff (K, K), log_w (K, L))`` with ``P_eff = softmax(A_eff)``; pass the weights of the
+    query, ``exp(log_w)[X[..., -1]]`` (or ``softmax(log_w)[X[..., -1]]``, the same weights up to
+    the free scale of ``w`` and never overflowing), as ``w`` to
+    :func:`ccmc_jax.model.positional_ccmc_next_token_probs`. Exact in float32 only while
+    ``P_eff`` does not underflow on the key tokens (score gaps below ~87); the log form of
+    :func:`attention_to_positional_scores` has no such limit.
+  References: paper Lemma 2.5.
+  """
+  A_eff, log_w = attention_to_positional_scores(W, E, pos)
   return jax.nn.softmax(A_eff, axis=-1), log_w
 
 
@@ -356,6 +376,6 @@ def embed_position_bias(A, b):
 
 __all__ = [
     'BIAS_KINDS', 'PositionalDataset', 'PositionalFit', 'attention_to_positional_ccmc',
-    'embed_position_bias', 'fit_positional', 'gauge_projector', 'nll', 'normalized_weights',
-    'positional_log_probs', 'sample_position_bias', 'sample_positional_dataset', 'w_error',
+    'attention_to_positional_scores', 'embed_position_bias', 'fit_positional', 'gauge_projector',
+    'nll', 'normalized_weights', 'positional_log_probs', 'sample_position_bias', 'sample_positional_dataset', 'w_error',
 ]

@@ -24,7 +24,8 @@ from experiments.plots import ccmc_example as plots
 flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
 
 _W = flags.DEFINE_list('W', example.DEFAULT_W, 'Attention weights W (paper Sec. 2), K*K numbers '
-                       'in row-major order; K = sqrt(count), 2 <= K <= 12. Scores A = W^T (E = I).')
+                       'in row-major order; K = sqrt(count), 2 <= K <= 12; each in [-40, 40] (no '
+                       'entry of the float32 P underflows). Scores A = W^T (E = I).')
 _X = flags.DEFINE_list('X', example.DEFAULT_X, 'Prompt X = (x_1, ..., x_L), 0-indexed tokens in '
                        '[0, K-1]; the last one is the query x_L. The paper\'s Fig. 1 prompt '
                        '[1, 2, 1] (1-indexed) is 0,1,0.')
@@ -35,6 +36,7 @@ QUANTITIES = example.QUANTITIES
 
 
 def validate():
+  common.check_float('W', _W.value, -example.MAX_ABS_W, example.MAX_ABS_W)
   W = common.parse_W('W', _W.value)
   X = common.parse_X('X', _X.value, W.shape[0])
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)

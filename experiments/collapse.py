@@ -22,6 +22,7 @@ import os
 
 from absl import flags
 import numpy as np
+import pandas as pd
 
 from ccmc_jax import model
 from ccmc_jax.trials import collapse as trials
@@ -64,6 +65,11 @@ def load_P(path, K):
     raise common.FlagError(str(e)) from None
   if P.shape[0] != K:
     raise common.FlagError(f'--P_file={path} is {P.shape[0]} x {P.shape[0]} but --K={K}')
+  row = trials.row_without_off_diagonal_mass(P) if 'zero_diag' in _VARIANTS.value else None
+  if row is not None:
+    raise common.FlagError(f'--P_file={path}: row {row} has no off-diagonal mass, so the '
+                           f'zero_diag variant (no self-loops) has no next token after token '
+                           f'{row}: give every row mass off the diagonal, or --variants=random')
   return P
 
 
@@ -81,6 +87,10 @@ def validate():
   common.check_int('window', _WINDOW.value, 0)
   common.check_float('winner_threshold', _THRESH.value, 0, 1, lo_open=True)
   common.check_int('window_snapshots', _SNAPSHOTS.value, 1, 50)
+  if 'zero_diag' in _VARIANTS.value:
+    error = trials.zero_diag_context_error([int(x) for x in _X0.value], _WINDOW.value)
+    if error:
+      raise common.FlagError(error)
   common.check_memory('T', _T.value, 4 * 2 * _T.value * _K.value * 3)
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
@@ -93,23 +103,32 @@ def run(P_given, results):
   setting = dict(K=_K.value, T=_T.value, scale=_SCALE.value, window=_WINDOW.value or None,
                  X0=_X0.value)
   sweep, example = results[SEEDS_NAME], results[NAME]
-  for variant in variants:
+  new = {}  # the sweeps and examples are all computed before any is written: an example
+  for variant in variants:  # that meets a 0/0 context (--P_file) leaves no file behind
     if not sweep.done({'variant': variant}):
       cols = trials.seed_sweep(seed, _SEEDS.value, zero_diag=variant == 'zero_diag',
                                threshold=_THRESH.value, **setting)
-      sweep.add({'variant': variant, 'seed': cols.pop('seed'), 'root_seed': seed,
-                 'K': _K.value, 'T': _T.value, **cols})
+      new[variant] = pd.DataFrame({'variant': variant, 'seed': cols.pop('seed'),
+                                   'root_seed': seed, 'K': _K.value, 'T': _T.value, **cols})
       common.progress(f'{NAME}: {variant}: {_SEEDS.value} seeds, mean top-1 share '
                       f'{cols["top1"].mean():.3f}, top-2 {cols["top2"].mean():.3f}', sweep.start)
-  index = trials.sweep_summary(sweep.frame)[variants[0]]['median_seed']
+  frame = pd.concat([sweep.frame, *new.values()], ignore_index=True)
+  index = trials.sweep_summary(frame)[variants[0]]['median_seed']
   A = None
   if P_given is not None:
     with np.errstate(divide='ignore'):
       A = np.log(P_given).astype(np.float32)  # softmax(log P) = P
-  for variant in variants:
-    if not example.done({'variant': variant}):
-      cols = trials.example(seed, index, zero_diag=variant == 'zero_diag', A=A, **setting)
-      example.add({'variant': variant, 'seed': index, **cols})
+  todo = [v for v in variants if not example.done({'variant': v})]
+  try:
+    cols = {v: trials.example(seed, index, zero_diag=v == 'zero_diag', A=A, **setting)
+            for v in todo}
+  except trials.ZeroMassError as e:
+    raise common.FlagError(f'--P_file={_P_FILE.value}: {e}; its zeros leave a context with no '
+                           f'next token (give P without such zeros, or another --X0/--window)')
+  for rows in new.values():
+    sweep.add(rows)
+  for variant in todo:
+    example.add({'variant': variant, 'seed': index, **cols[variant]})
   common.progress(f'{NAME}: example trajectories: seed {index} (median top-1 share of '
                   f'{variants[0]})')
 

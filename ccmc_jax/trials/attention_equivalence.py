@@ -16,9 +16,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ccmc_jax import model
 from ccmc_jax import sampling
+from ccmc_jax.trials import ccmc_example
 from ccmc_jax.trials import common
 
 COLUMNS = ('max_abs_diff', 'mean_abs_diff', 'max_sum_error', 'attention', 'ccmc')
@@ -69,7 +71,7 @@ def _compare(normals, u, cell: Cell, scale):
   ccmc = model.ccmc_next_token_probs(model.transition_matrix(W), X, cross=cross)
   diff = jnp.abs(att - ccmc)
   sum_error = jnp.maximum(jnp.abs(att.sum(-1) - 1), jnp.abs(ccmc.sum(-1) - 1)).max()
-  return dict(zip(COLUMNS, (diff.max(), diff.mean(), sum_error, att[0], ccmc[0])))
+  return dict(zip(COLUMNS, (common.finite_max(diff), diff.mean(), sum_error, att[0], ccmc[0])))
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +96,26 @@ def make_run_trial(cell: Cell, sweep: Sweep):
 
 
 def summary(frame):
-  """(max abs difference, pairs compared, per-cell frame with max_abs_diff and pairs)."""
+  """(max abs difference, pairs compared, per-cell frame with max_abs_diff and pairs); a NaN
+  anywhere makes the maxima NaN (never skipped)."""
   per_cell = frame.groupby(['K', 'L', 'cross']).agg(
-      max_abs_diff=('max_abs_diff', 'max'), pairs=('prompts', 'sum')).reset_index()
-  return float(frame['max_abs_diff'].max()), int(frame['prompts'].sum()), per_cell
+      max_abs_diff=('max_abs_diff', common.nan_max), pairs=('prompts', 'sum')).reset_index()
+  return common.nan_max(frame['max_abs_diff']), int(frame['prompts'].sum()), per_cell
+
+
+def failure(frame, example_frame, tol):
+  """None when every cell's max |attention - CCMC| and the worked example's (``example_frame``:
+  long format, ``trials.ccmc_example.to_columns``) are within ``tol``; else a one-line message
+  naming the worst cell or the example (NaN fails)."""
+  worst, _, per_cell = summary(frame)
+  if not common.within(worst, tol):
+    values = per_cell['max_abs_diff'].to_numpy()
+    row = per_cell.iloc[int(np.argmax(np.where(np.isnan(values), np.inf, values)))]
+    return (f'max |attention - CCMC| = {worst:.3g} > tol {tol:g} (or NaN); worst cell '
+            f'K={int(row.K)} L={int(row.L)} {"cross" if row.cross else "self"}')
+  q = ccmc_example.from_columns(*(example_frame[c].to_numpy()
+                                  for c in ccmc_example.KEYS + ['value']))
+  diff = common.nan_max(np.abs(q['att_output'] - q['pi']))
+  if not common.within(diff, tol):
+    return f'worked example: max |attention - CCMC| = {diff:.3g} > tol {tol:g} (or NaN)'
+  return None

@@ -19,6 +19,10 @@ from ccmc_jax import model
 DEFAULT_W = ['0.4', '1.0', '0.2', '1.3', '-0.5', '0.9', '0.3', '0.8', '-0.3']
 DEFAULT_X = ['0', '1', '0']
 KEYS = ['quantity', 'row', 'col']
+# |W_ij| <= MAX_ABS_W keeps every score gap <= 80, so every entry of the float32 P = softmax(A)
+# is a normal number (>= e^-80 / 12 > 1.2e-38 for K <= 12): no entry underflows to 0, and the
+# CCMC route (through P) equals the attention route (through the scores) to round-off.
+MAX_ABS_W = 40.0
 # Matrices use (row, col) = (i, j); vectors use row 0 and col = index (token, or position for X
 # and the per-position attention quantities); scalars row = col = 0.
 QUANTITIES = {

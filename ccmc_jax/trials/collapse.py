@@ -44,7 +44,11 @@ def make_run_trial(K, T, scale=1.0, zero_diag=False, window=None, X0=None, A=Non
   Returns:
     ``run_trial(key)``: with ``trace``, ``{'tokens': (T,), 'freqs': (T, K)}``; otherwise
     ``{'top1', 'top2', 'winners'}`` (largest / two largest final frequencies, number of
-    tokens above ``threshold``).
+    tokens above ``threshold``); both with ``impossible``, the number of steps that emitted a
+    token of probability 0 from its query (``P[x_L, y] = 0``). It must be 0: it is not when a
+    context holds only tokens the query cannot reach (``pi^X`` = 0/0, e.g. a zero-diagonal
+    chain whose context is the query token alone), where the sampler's fallback
+    (``model.ccmc_log_probs``) would otherwise pass unnoticed.
   """
   def run_trial(key):
     w_key, x_key, t_key = jax.random.split(key, 3)
@@ -53,10 +57,13 @@ def make_run_trial(K, T, scale=1.0, zero_diag=False, window=None, X0=None, A=Non
     prompt = (jnp.asarray(X0, jnp.int32) if X0 else
               jax.random.permutation(x_key, K).astype(jnp.int32))
     traj = trajectory.generate(t_key, log_P, prompt, T, window=window, trace=trace)
+    queries = jnp.concatenate([prompt[-1:], traj.tokens[:-1]])
+    impossible = (~(log_P[queries, traj.tokens] > -jnp.inf)).sum()  # -inf or NaN
     if trace:
-      return {'tokens': traj.tokens, 'freqs': traj.freqs}
+      return {'tokens': traj.tokens, 'freqs': traj.freqs, 'impossible': impossible}
     final = -jnp.sort(-traj.freqs[0])
-    return {'top1': final[0], 'top2': final[0] + final[1], 'winners': (final > threshold).sum()}
+    return {'top1': final[0], 'top2': final[0] + final[1], 'winners': (final > threshold).sum(),
+            'impossible': impossible}
 
   return run_trial
 
@@ -70,11 +77,54 @@ def _sweep_fn(K, T, scale, zero_diag, window, X0, threshold):
 def seed_sweep(seed, seeds, K, T, scale=1.0, zero_diag=False, window=None, X0=None,
                threshold=0.1):
   """Final shares of ``seeds`` trajectories (jit(vmap(run_trial))): dict of (seeds,) arrays
-  ``seed`` (the trial index), ``top1``, ``top2``, ``winners``."""
+  ``seed`` (the trial index), ``top1``, ``top2``, ``winners``.
+
+  Raises:
+    ZeroMassError: a trajectory emitted a token of probability 0 (:func:`make_run_trial`).
+  """
   X0 = tuple(int(x) for x in X0) if X0 else None
   out = _sweep_fn(K, T, float(scale), bool(zero_diag), window, X0, float(threshold))(
       common.trial_keys(seed, trials=seeds))
-  return {'seed': np.arange(seeds), **{k: np.asarray(v) for k, v in out.items()}}
+  out = {k: np.asarray(v) for k, v in out.items()}
+  _check_possible(out.pop('impossible'))
+  return {'seed': np.arange(seeds), **out}
+
+
+class ZeroMassError(ValueError):
+  """A context whose tokens all have probability 0 from the query: ``pi^X`` is 0/0."""
+
+
+def _check_possible(impossible):
+  if np.any(impossible):
+    raise ZeroMassError(f'a context held only tokens of probability 0 from its query (pi^X = '
+                        f'0/0) in {int(np.count_nonzero(impossible))} trajectory(ies)')
+
+
+def row_without_off_diagonal_mass(P):
+  """The first row of ``P`` whose mass is all on the diagonal (the zero-diagonal chain has no
+  next token after it: 0/0), or None."""
+  P = np.asarray(P, np.float64)
+  rows = np.flatnonzero((P * (1 - np.eye(P.shape[0]))).sum(1) <= 0)
+  return int(rows[0]) if rows.size else None
+
+
+def zero_diag_context_error(X0, window):
+  """Why the zero-diagonal chain cannot start from ``X0`` (tokens; empty: a permutation of all
+  K) with context ``window`` (0: growing), as a one-line flag error; None when it can.
+
+  A token cannot follow itself, so a context holding only the query token has ``pi^X`` = 0/0.
+  Emitted tokens always differ from the previous one, so every context of length >= 2 is safe
+  once the first one holds two distinct tokens.
+  """
+  if window == 1:
+    return ('--window=1 is invalid with the zero_diag variant: a one-token context has no next '
+            'token without self-loops; allowed values are 0 (growing context) or >= 2')
+  first = X0[-window:] if window else X0
+  if X0 and len(set(first)) < 2:
+    return (f'--X0={",".join(map(str, X0))} is invalid with the zero_diag variant: its first '
+            f'context holds only token {first[-1]}, which cannot follow itself; give at least '
+            f'two distinct tokens' + (' among its last --window ones' if window else ''))
+  return None
 
 
 def median_seed(top1):
@@ -92,10 +142,13 @@ def example(seed, index, K, T, scale=1.0, zero_diag=False, window=None, X0=None,
   Returns:
     dict of (T * K,) columns ``t`` (1..T), ``token``, ``frequency`` (count / context length
     after step t) and ``emitted`` (1 where x_t == token).
+  Raises:
+    ZeroMassError: the trajectory emitted a token of probability 0 (:func:`make_run_trial`).
   """
   X0 = tuple(int(x) for x in X0) if X0 else None
   run_trial = jax.jit(make_run_trial(K, T, scale, zero_diag, window, X0, A, trace=True))
   out = run_trial(common.trial_keys(seed, trials=index + 1)[index])
+  _check_possible(np.asarray(out['impossible']))
   tokens, freqs = np.asarray(out['tokens']), np.asarray(out['freqs'])
   t = np.repeat(np.arange(1, T + 1), K)
   token = np.tile(np.arange(K), T)

@@ -58,6 +58,26 @@ def chain_log_P(A, zero_diag=False):
   return jax.nn.log_softmax(A, axis=-1)
 
 
+def finite_max(x, axis=None):
+  """``x.max(axis)``, NaN wherever a reduced value is not finite: XLA's fused max reduction can
+  turn an all-NaN slice into ``-inf``, which would pass a ``<= tol`` check."""
+  x = jnp.asarray(x)
+  return jnp.where(jnp.isfinite(x).all(axis=axis), x.max(axis=axis), jnp.nan)
+
+
+def nan_max(values):
+  """The maximum of a column or array as a float, NaN when any value is NaN (pandas' and
+  ``np.nanmax``'s maxima skip NaN, which would hide a failed comparison)."""
+  values = np.asarray(values, np.float64)
+  return float('nan') if values.size == 0 or np.isnan(values).any() else float(values.max())
+
+
+def within(value, tol):
+  """Whether ``0 <= value <= tol``; NaN (and -inf, an impossible maximum of absolute values)
+  fail."""
+  return bool(0 <= value <= tol)
+
+
 def concat_columns(parts, order=None):
   """One dict of columns from several: each part maps a column name to an array or a scalar
   (broadcast to the part's length, the longest array in it); ``order`` picks the columns."""

@@ -82,18 +82,23 @@ def _eq_compare(draw, K, L, crosses, sweep: EqSweep):
   q = X[:, -1]
   A, b = scale * An[:K, :K], pos_scale * bn[:L]
   W_b, E_b, pos_b = positional.embed_position_bias(A, b)
-  P_eff, log_w = positional.attention_to_positional_ccmc(W, E, pos)
+  A_eff, log_w = positional.attention_to_positional_scores(W, E, pos)
+  P_eff = jax.nn.softmax(A_eff, axis=-1)
   out = []
   for cross in crosses:
     att = model.attention_next_token_probs(W, X, E, cross, pos=pos)
-    via_w = model.positional_ccmc_next_token_probs(P_eff, X, jnp.exp(log_w)[q], cross)
-    via_log = jnp.exp(positional.positional_log_probs(jnp.log(P_eff), log_w[q], X, cross))
+    # The probability form: w normalised over the key positions (w -> c w is free), so no
+    # exp(log_w) overflows; P_eff is float32 and underflows once score gaps exceed ~87.
+    w = jax.nn.softmax(log_w[q][:, :L - int(cross)], axis=-1)
+    via_w = model.positional_ccmc_next_token_probs(P_eff, X, w, cross)
+    via_log = jnp.exp(positional.positional_log_probs(A_eff, log_w[q], X, cross))
     att_b = model.attention_next_token_probs(W_b, X, E_b, cross, pos=pos_b)
     via_b = jnp.exp(positional.positional_log_probs(A, b, X, cross))
     out.append(jnp.stack([jnp.abs(att - via_w), jnp.abs(att - via_log),
                           jnp.abs(att_b - via_b)]))
   diffs = jnp.stack(out)  # (crosses, routes, prompts, K)
-  return {'max_abs_diff': diffs.max(axis=(2, 3)), 'mean_abs_diff': diffs.mean(axis=(2, 3))}
+  return {'max_abs_diff': common.finite_max(diffs, axis=(2, 3)),
+          'mean_abs_diff': diffs.mean(axis=(2, 3))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,10 +125,37 @@ def make_run_eq_trial(K, L, crosses, sweep: EqSweep):
 
 def eq_summary(frame):
   """Worst difference overall, triples compared per route (the fewest of any cell), and the
-  per-cell worst values."""
+  per-cell worst values; a NaN anywhere makes the worst values NaN (never skipped)."""
   per_cell = frame.groupby(['K', 'L', 'cross', 'route']).agg(
-      max_abs_diff=('max_abs_diff', 'max'), triples=('prompts', 'sum')).reset_index()
-  return float(frame['max_abs_diff'].max()), int(per_cell['triples'].min()), per_cell
+      max_abs_diff=('max_abs_diff', common.nan_max), triples=('prompts', 'sum')).reset_index()
+  return common.nan_max(frame['max_abs_diff']), int(per_cell['triples'].min()), per_cell
+
+
+def eq_route_max(frame):
+  """{route: worst |attention - positional CCMC|} (NaN when any value of the route is NaN)."""
+  return {r: common.nan_max(g['max_abs_diff']) for r, g in frame.groupby('route')}
+
+
+def eq_failures(frame, tol):
+  """{route: worst difference} of the routes whose worst difference is not within ``tol``
+  (NaN fails); empty when the equivalence holds."""
+  return {r: v for r, v in eq_route_max(frame).items() if not common.within(v, tol)}
+
+
+def eq_failure(frame, tol):
+  """None when every route holds within ``tol``, else a one-line message naming the routes."""
+  bad = eq_failures(frame, tol)
+  return (f'max |attention - positional CCMC| > tol {tol:g} (or NaN) for route '
+          + ', '.join(f'{r} ({v:.3g})' for r, v in bad.items())) if bad else None
+
+
+def eq_summary_dict(frame, tol):
+  """The equivalence sidecar's summary: worst difference overall and per route, the fewest
+  triples of any cell and route, the tolerance and whether every route passed."""
+  worst, triples, _ = eq_summary(frame)
+  return {'max_abs_diff': worst, 'max_abs_diff_per_route': eq_route_max(frame),
+          'triples_per_cell_and_route': triples, 'tol': tol,
+          'passed': not eq_failures(frame, tol)}
 
 
 # ----------------------------------------------------------------------------- (b) joint MLE
