@@ -2,15 +2,19 @@
 device mesh with ``jax.sharding``.
 
 A sweep's trials are independent, so its leading (trial) axis splits over devices with no
-communication. :func:`run_sharded` pads that axis to a multiple of the device count (repeating
+communication. :func:`map_chunks` (what the sample-complexity sweep uses) runs fixed-size chunks
+of trials with one compiled chunk program, ``lax.map`` over each device's chunks inside
+``shard_map``: a trial's numbers then do not depend on the device count at all (XLA's CPU
+backend picks kernels by shape, so a program over ``trials / devices`` trials can differ in
+the last bits from one over all of them). :func:`run_sharded` pads that axis to a multiple of the device count (repeating
 the last trial, so a batch-wide bound such as a loop trip count is unchanged; at least
 :data:`MIN_PER_DEVICE` trials per device), places the inputs with
 ``NamedSharding(mesh, PartitionSpec('trials'))``, calls the jitted function (XLA partitions it
 following its inputs: the program keeps its global, all-trials meaning) and drops the padding
 from every output. On one device (two trials or more) it calls the function unchanged, so
 single-device results are exactly those of the plain ``jit(vmap(...))``; with more devices
-every trial runs the same per-trial program, and the tests check that the results agree bit
-for bit (``tests/test_sharding.py``, CPU with forced host devices).
+each device runs it on its share of the trials (``tests/test_sharding.py`` checks both
+helpers on CPU with forced host devices).
 
 Several hosts: call ``jax.distributed.initialize()`` first in every process; each process then
 runs only its :func:`process_slice` of the trials on its own local devices (the mesh here is
