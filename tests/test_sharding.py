@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from ccmc_jax import fit
@@ -57,26 +58,35 @@ def test_sharded_equals_unsharded_bit_for_bit_on_4_devices():
   assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-3000:]
 
 
-def test_sample_complexity_csv_identical_with_1_and_4_devices(tmp_path):
+def test_sample_complexity_csv_identical_on_1_and_4_devices_and_as_2_processes(tmp_path):
   # The default sweep's code path at CI size: batched Newton fits (vmap over trials and rows,
-  # chunked passes, batched solves), padding (8 trials in chunks of TRIAL_CHUNK = 4: 2 chunks
-  # on 1 device; padded to 32 trials, 2 chunks per device, on 4) and the Fisher overlay over
-  # a long Monte-Carlo sum. Chosen so that the previous jit(vmap) sharding fails here: 8 of 8
-  # rows differed (error, error_W: XLA's CPU backend took other reduction kernels for 8 than
+  # chunked passes, batched solves), padding (6 trials in chunks of TRIAL_CHUNK = 4: [0:4] and
+  # [4:6] + 2 padding on 1 device; padded to 32 trials on 4) and the Fisher overlay over a
+  # long Monte-Carlo sum. Chosen so that the previous jit(vmap) sharding fails here: 6 of 6
+  # rows differed (error, error_W: XLA's CPU backend took other reduction kernels for 6 than
   # for 2 trials per program; predicted_error: the one-sum Fisher information depended on the
-  # thread pool, 2 vs 8 threads).
-  args = ['--K=32', '--n=1000', '--trials=8', '--mc_samples=20000']
-  def run(devices):
-    env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
-    return run_module('experiments.sample_complexity', *args, tmp=tmp_path / str(devices),
+  # thread pool, 2 vs 8 threads). Two processes (--process_count=2) run trials [0:3] and
+  # [3:6], i.e. other chunks than one process: their concatenated CSVs equal the one-process
+  # CSV too (a trial's numbers do not depend on the trials run with it).
+  args = ['--K=32', '--n=1000', '--trials=6', '--mc_samples=20000']
+  force = lambda d: {'XLA_FLAGS': f'--xla_force_host_platform_device_count={d}'}
+  runs = {'1': ([], force(1)), '4': ([], force(4)),
+          'p0': (['--process_count=2', '--process_index=0'], None),
+          'p1': (['--process_count=2', '--process_index=1'], None)}
+  def run(name):
+    extra, env = runs[name]
+    return run_module('experiments.sample_complexity', *args, *extra, tmp=tmp_path / name,
                       env=env)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # the two runs side by side
-    runs = list(pool.map(run, (1, 4)))
-  for r in runs:
-    assert r.returncode == 0, r.stderr[-3000:]
-  one, four = (open(tmp_path / str(d) / 'results' / 'sample_complexity.csv', 'rb').read()
-               for d in (1, 4))
-  assert one == four and len(one.splitlines()) == 1 + 8
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two runs side by side
+    for r in pool.map(run, runs):
+      assert r.returncode == 0, r.stderr[-3000:]
+  csv = lambda name: tmp_path / name / 'results' / 'sample_complexity.csv'
+  one, four = (open(csv(d), 'rb').read() for d in ('1', '4'))
+  assert one == four and len(one.splitlines()) == 1 + 6
+  parts = [pd.read_csv(csv('p0')), pd.read_csv(csv('p1'))]
+  assert list(parts[0].trial) == [0, 1, 2] and list(parts[1].trial) == [3, 4, 5]
+  pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), pd.read_csv(csv('1')),
+                                check_exact=True)
 
 
 @pytest.mark.parametrize('trials,devices,chunk,expected', [

@@ -166,16 +166,21 @@ def run_setting(setting: Setting, keys, ns=None, generated=None):  # pylint: dis
               'newton_iters': iters}
 
 
-def sweep(settings, seed, trials, todo):
+def sweep(settings, seed, trials, todo, select=None):
   """:func:`run_setting` over several settings, each setting's ``n`` in ``todo[setting]``
   (settings with none are skipped), with one setting of look-ahead: the next setting's data
   are generated (JAX dispatch is asynchronous) while this one is grouped and fitted.
 
+  ``select``: a contiguous ``range`` of the trials to run (e.g. this process's
+  ``sharding.process_slice``; default all). Trial ``i`` keeps its key and its numbers: a
+  trial's results do not depend on the other trials run with it.
+
   Yields:
-    (setting, n, dict of (trials,) arrays), as :func:`run_setting`.
+    (setting, n, dict of (len(select),) arrays), as :func:`run_setting`.
   """
+  select = range(trials) if select is None else select
   pending = [s for s in settings if todo[s]]
-  dispatch = lambda s: generate(s, keys(seed, s, trials))
+  dispatch = lambda s: generate(s, keys(seed, s, trials)[select.start:select.stop])
   upcoming = dispatch(pending[0]) if pending else None
   for i, setting in enumerate(pending):
     current = upcoming
