@@ -39,9 +39,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 AXIS = 'trials'
-# Trials per device at least: XLA drops a batch dimension of size 1 and may then pick other
-# kernels, whose float results differ in the last bits (seen on CPU in the Newton fits); with
-# two or more trials per device every trial's numbers match the unsharded batch.
+# Trials (run_sharded) or chunks (map_chunks) per device at least: XLA drops a batch dimension
+# of size 1, and inlines a loop of one trip, and may then pick other kernels, whose float
+# results differ in the last bits (seen on CPU in the Newton fits).
 MIN_PER_DEVICE = 2
 
 

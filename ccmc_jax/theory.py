@@ -27,8 +27,11 @@ def fisher_information(A, mc_data: Dataset, K, capacity, chunked=False):
 
   Estimated by Monte Carlo over the prompts of ``mc_data`` (answers are not used).
   Returns (K, K, K); ``F[k]`` is the Hessian of row k's expected NLL at the truth.
-  ``chunked``: sum over chunks of ``fit.CHUNK`` prompts (``fit.row_hessian``'s ``slots``):
-  the same numbers whatever the CPU thread count, at round-off from the one-sum default.
+  ``chunked``: sum over chunks of ``fit.CHUNK`` prompts (``fit.row_hessian``'s ``slots``; for a
+  ``capacity`` that is a multiple of ``fit.CHUNK`` above it, else one sum): the same numbers
+  whatever the CPU thread count, and closer to the exact sum in float32 (one long sum can
+  leave the gauge null eigenvalue above ``_pinv_psd``'s cut-off: up to 5e-3 relative error in
+  ``predicted_error`` at K = 5, 50000 prompts, against 4e-7 chunked).
   """
   g, _ = fit.group_by_query(mc_data, K, capacity)
   slots = capacity if chunked else None
