@@ -40,8 +40,9 @@ from jax.sharding import PartitionSpec
 
 AXIS = 'trials'
 # Trials (run_sharded) or chunks (map_chunks) per device at least: XLA drops a batch dimension
-# of size 1, and inlines a loop of one trip, and may then pick other kernels, whose float
-# results differ in the last bits (seen on CPU in the Newton fits).
+# of size 1 and may then pick other kernels, whose float results differ in the last bits (seen
+# on CPU in the Newton fits); likewise it inlines a loop of one trip into its caller (chunks:
+# kept out by construction, not measured).
 MIN_PER_DEVICE = 2
 
 
