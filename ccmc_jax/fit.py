@@ -189,12 +189,15 @@ def _row_stats(a, log_m, weight, freq, ridge, slots=None):
   return loss, grad, hess
 
 
-def row_hessian(a, log_m, weight, freq):
+def row_hessian(a, log_m, weight, freq, slots=None):
   """Row ``k``'s Hessian ``(1/n) sum_{t: q_t = k} (diag pi_t - pi_t pi_t^T)`` (no ridge).
 
   At the truth this is the Monte-Carlo Fisher information ``F_k`` of the theory overlay.
+  ``slots``: as in :func:`_chunked_sum`; with it the sums run over chunks of :data:`CHUNK`
+  samples, whose summation order does not depend on the CPU thread count (one sum over
+  thousands of samples is split over threads by XLA's matmul, in a pool-size dependent order).
   """
-  return _row_stats(a, log_m, weight, freq, 0.0)[2]
+  return _row_stats(a, log_m, weight, freq, 0.0, slots)[2]
 
 
 def _moment_init(log_m, weight, freq, slots=None):

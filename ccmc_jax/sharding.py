@@ -2,15 +2,19 @@
 device mesh with ``jax.sharding``.
 
 A sweep's trials are independent, so its leading (trial) axis splits over devices with no
-communication. :func:`run_sharded` pads that axis to a multiple of the device count (repeating
+communication. :func:`map_chunks` (what the sample-complexity sweep uses) runs fixed-size chunks
+of trials with one compiled chunk program, ``lax.map`` over each device's chunks inside
+``shard_map``: a trial's numbers then do not depend on the device count at all (XLA's CPU
+backend picks kernels by shape, so a program over ``trials / devices`` trials can differ in
+the last bits from one over all of them). :func:`run_sharded` pads that axis to a multiple of the device count (repeating
 the last trial, so a batch-wide bound such as a loop trip count is unchanged; at least
 :data:`MIN_PER_DEVICE` trials per device), places the inputs with
 ``NamedSharding(mesh, PartitionSpec('trials'))``, calls the jitted function (XLA partitions it
 following its inputs: the program keeps its global, all-trials meaning) and drops the padding
 from every output. On one device (two trials or more) it calls the function unchanged, so
 single-device results are exactly those of the plain ``jit(vmap(...))``; with more devices
-every trial runs the same per-trial program, and the tests check that the results agree bit
-for bit (``tests/test_sharding.py``, CPU with forced host devices).
+each device runs it on its share of the trials (``tests/test_sharding.py`` checks both
+helpers on CPU with forced host devices).
 
 Several hosts: call ``jax.distributed.initialize()`` first in every process; each process then
 runs only its :func:`process_slice` of the trials on its own local devices (the mesh here is
@@ -23,6 +27,7 @@ Check on a CPU-only machine with, e.g., ``XLA_FLAGS=--xla_force_host_platform_de
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Callable, Sequence
@@ -34,9 +39,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 AXIS = 'trials'
-# Trials per device at least: XLA drops a batch dimension of size 1 and may then pick other
-# kernels, whose float results differ in the last bits (seen on CPU in the Newton fits); with
-# two or more trials per device every trial's numbers match the unsharded batch.
+# Trials (run_sharded) or chunks (map_chunks) per device at least: XLA drops a batch dimension
+# of size 1 and may then pick other kernels, whose float results differ in the last bits (seen
+# on CPU in the Newton fits); likewise it inlines a loop of one trip into its caller (chunks:
+# kept out by construction, not measured).
 MIN_PER_DEVICE = 2
 
 
@@ -124,6 +130,56 @@ def vmap_trials(run_trial: Callable, mesh: Mesh | None = None) -> Callable:
   sharded over ``mesh`` (default: all local devices). Returns ``f(*batched) -> outputs``."""
   batched_fn = jax.jit(jax.vmap(run_trial))
   return lambda *batched: run_sharded(batched_fn, batched, mesh=mesh)
+
+
+def chunked_size(trials: int, devices: int, chunk: int) -> int:
+  """``trials`` rounded up to a multiple of ``devices * chunk``, at least
+  ``MIN_PER_DEVICE`` chunks per device (a loop of one trip would be inlined by XLA)."""
+  return devices * chunk * max(-(-trials // (devices * chunk)), MIN_PER_DEVICE)
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_program(fn: Callable, chunk: int, mesh: Mesh, batched: int, rest: int):
+  """jit(shard_map(lax.map over chunks of ``chunk`` trials of ``fn``)) (see :func:`map_chunks`)."""
+  def local(*args):  # this device's block of trials: (chunks * chunk, ...) per leaf
+    stack = lambda x: x.reshape(-1, chunk, *x.shape[1:])
+    out = jax.lax.map(lambda b: fn(*b, *args[batched:]), jax.tree.map(stack, args[:batched]))
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+  specs = (PartitionSpec(AXIS),) * batched + (PartitionSpec(),) * rest
+  # check_vma=False: no collectives inside, and library loops (e.g. fit.damped_newton) start
+  # from constants that the per-device check would ask to mark as varying.
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(AXIS),
+                               check_vma=False))
+
+
+def map_chunks(fn: Callable, batched, *rest, chunk: int, mesh: Mesh | None = None):
+  """``fn`` over fixed-size chunks of ``chunk`` trials, the chunks split over the devices of
+  ``mesh`` (default: all local devices): the same numbers on any number of devices.
+
+  ``fn(*chunk_of_batched, *rest)`` takes ``chunk`` trials along the leading axis of every
+  leaf of ``batched`` (a tuple of arrays or pytrees) and returns outputs with that trial
+  axis first; ``rest`` is passed as is (replicated). The trial axis is padded (repeating the
+  last trial) to :func:`chunked_size`, each device runs ``lax.map`` over its chunks with one
+  compiled chunk program, and the padding is dropped.
+
+  Why not :func:`run_sharded` on a ``jit(vmap(...))``: there every device runs the program on
+  ``trials / devices`` trials, and XLA's CPU backend picks kernels by shape (its YNNPACK
+  reduce fusion takes some batched reductions only at the larger batch), so the last float
+  bits of a trial depended on the device count. Here a trial's numbers come from one program
+  of fixed shape whatever the device count. ``fn`` must be hashable and stable (a module-level
+  function or a cached closure): the compiled program is cached per ``(fn, chunk, mesh)``.
+  """
+  mesh = trial_mesh() if mesh is None else mesh
+  leaves = jax.tree.leaves(batched)
+  trials = int(leaves[0].shape[0])
+  if any(int(x.shape[0]) != trials for x in leaves):
+    raise ValueError('every batched argument needs the same leading (trial) axis')
+  padded = pad_trials(tuple(batched), chunked_size(trials, mesh.size, chunk))
+  placed = jax.device_put(padded, NamedSharding(mesh, PartitionSpec(AXIS)))
+  rest = jax.device_put(rest, NamedSharding(mesh, PartitionSpec()))
+  program = _chunk_program(fn, chunk, mesh, len(batched), len(rest))
+  return unpad(program(*placed, *rest), trials)
 
 
 def process_slice(trials: int, process_index: int | None = None,

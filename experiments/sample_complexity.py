@@ -15,6 +15,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import sharding
 from ccmc_jax.trials import sample_complexity as trials
 from experiments import common
 from experiments.plots import sample_complexity as plots
@@ -34,11 +35,17 @@ _L_SWEEP = flags.DEFINE_list('L_sweep', [], 'Extra prompt lengths run at K = --K
 _K_FOR_L = flags.DEFINE_integer('K_for_L', 10, 'Vocabulary size of the --L_sweep settings.')
 _MC = flags.DEFINE_integer('mc_samples', 50000,
                            'Monte-Carlo prompts per trial for the Fisher information; >= 1000.')
+_PROCESS_COUNT = flags.DEFINE_integer(
+    'process_count', 1, 'Processes (e.g. hosts) the trials are split over; 1 <= it <= trials. '
+    'Each runs its block of trials (ccmc_jax.sharding.process_slice) into its own results_dir; '
+    'the concatenated CSVs equal the one-process sweep.')
+_PROCESS_INDEX = flags.DEFINE_integer('process_index', 0,
+                                      'This process: 0 <= process_index < process_count.')
 
 NAME = 'sample_complexity'
 KEYS = plots.KEYS
 FLAG_NAMES = ['K', 'L', 'n', 'trials', 'scale', 'ridge', 'cross', 'prompts', 'L_sweep',
-              'K_for_L', 'mc_samples']
+              'K_for_L', 'mc_samples', 'process_count', 'process_index']
 QUICK = {'K': ['3', '5'], 'n': ['300', '1000', '3000'], 'trials': 4, 'mc_samples': 5000,
          'L_sweep': []}
 
@@ -65,6 +72,8 @@ def validate():
     common.check_int('L_sweep', _L_SWEEP.value, 2 if _CROSS.value else 1)
     common.check_int('K_for_L', _K_FOR_L.value, 2, 1000)
   common.check_int('mc_samples', _MC.value, 1000)
+  common.check_int('process_count', _PROCESS_COUNT.value, 1, _TRIALS.value)
+  common.check_int('process_index', _PROCESS_INDEX.value, 0, _PROCESS_COUNT.value - 1)
   n_max = max(int(v) for v in _N.value)
   for s in settings():
     # Prompts, counts, grouped counts and a few temporaries of one (K, L) setting, float32.
@@ -80,9 +89,10 @@ def run(_, results):
           for s in settings()}
   total = sum(len(s.ns) for s in todo)
   done = total - sum(len(v) for v in todo.values())
-  for s, n, columns in trials.sweep(list(todo), seed, _TRIALS.value, todo):
+  mine = sharding.process_slice(_TRIALS.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
+  for s, n, columns in trials.sweep(list(todo), seed, _TRIALS.value, todo, mine):
     done += 1
-    results.add({'K': s.K, 'L': s.L, 'n': n, 'trial': range(_TRIALS.value), 'seed': seed,
+    results.add({'K': s.K, 'L': s.L, 'n': n, 'trial': mine, 'seed': seed,
                  'cross': int(s.cross), 'prompts': s.prompts, **columns})
     common.progress(f'{NAME}: K={s.K} L={s.L} n={n} ({done}/{total}) '
                     f'mean error {columns["error"].mean():.3g}', start)

@@ -12,6 +12,7 @@ import pytest
 
 from ccmc_jax import io
 from ccmc_jax import model
+from ccmc_jax import sharding
 from ccmc_jax.trials import ccmc_example as example
 from ccmc_jax.trials import positional_encoding as pe
 from ccmc_jax.trials import sample_complexity as sc
@@ -67,7 +68,9 @@ def test_sample_complexity_stages_equal_a_loop_over_trials_and_compile_once_per_
   assert sorted(swept) == [(3, 100), (3, 300), (4, 300)]
   np.testing.assert_array_equal(swept[3, 300]['error'], cols[300]['error'])
   assert sc._uniform_stage(SC.L, 300, 1000)._cache_size() == 1  # pylint: disable=protected-access
-  assert sc._fit_stage(SC.ridge)._cache_size() == 2  # pylint: disable=protected-access
+  fit_program = sharding._chunk_program(  # pylint: disable=protected-access
+      sc._fit_chunk(SC.ridge), sc.TRIAL_CHUNK, sharding.trial_mesh(), 2, 1)  # pylint: disable=protected-access
+  assert fit_program._cache_size() == 2  # pylint: disable=protected-access
 
 
 def sc_frame(slopes, Ks=(3, 5), Ls=(10,), trials=4):

@@ -32,6 +32,7 @@ from ccmc_jax import theory
 from ccmc_jax.trials import common
 
 CAPACITY_MULTIPLE = 1024  # per-row capacities are rounded up to this: few distinct shapes
+TRIAL_CHUNK = 4  # trials per compiled fit program; never depends on the device count
 
 
 class Setting(NamedTuple):
@@ -112,23 +113,23 @@ def _fit(grouped, A, n, ridge, slots):
 
 
 @functools.lru_cache(maxsize=None)
-def _fit_stage(ridge):
-  """jit(vmap over trials) of fit + errors at a traced n: one compilation per (K, capacity)."""
+def _fit_chunk(ridge):
+  """vmap over a chunk of ``TRIAL_CHUNK`` trials of fit + errors at a traced n (run by
+  ``sharding.map_chunks``: one compilation per (K, capacity), any device count)."""
   trials = jax.vmap(_fit, in_axes=(0, 0, None, None, None))
 
-  def fit_cell(grouped, A, n):
-    # One chunk-loop trip count for every trial: the bound is taken over the whole batch.
+  def fit_chunk(grouped, A, n):
+    # One chunk-loop trip count for the chunk's trials (extra slots weigh exactly 0).
     return trials(grouped, A, n, ridge, fit.used_slots(grouped, n))
 
-  return jax.jit(fit_cell)
+  return fit_chunk
 
 
 @functools.lru_cache(maxsize=None)
-def _theory_stage(K, capacity):
-  def theory_trials(A, mc):
-    return theory.predicted_error(A, mc, K, capacity, 1.0)
-
-  return jax.jit(jax.vmap(theory_trials))
+def _theory_chunk(K, capacity):
+  """vmap over a chunk of trials of the predicted error at n = 1 (Fisher information summed
+  over fixed chunks of prompts: the same numbers whatever the CPU thread count)."""
+  return jax.vmap(lambda A, mc: theory.predicted_error(A, mc, K, capacity, 1.0, chunked=True))
 
 
 def capacity(query, K):
@@ -149,29 +150,37 @@ def run_setting(setting: Setting, keys, ns=None, generated=None):  # pylint: dis
   """
   K = setting.K
   A, data, mc = generate(setting, keys) if generated is None else generated
-  unit_error = _theory_stage(K, capacity(mc.query, K))(A, mc)  # predicted error at n = 1
+  # The predicted error at n = 1 and the fits run in fixed chunks of TRIAL_CHUNK trials, the
+  # chunks split over all local devices (ccmc_jax.sharding.map_chunks): the same numbers on
+  # any number of devices.
+  unit_error = sharding.map_chunks(_theory_chunk(K, capacity(mc.query, K)), (A, mc),
+                                   chunk=TRIAL_CHUNK)
   grouped, dropped = _group_stage(K, capacity(data.query, K))(data)
   del data, mc
   assert not np.asarray(dropped).any(), 'row capacity too small'  # by construction
   unit_error = np.asarray(unit_error)
   for n in setting.ns if ns is None else ns:
-    # The trials of the fit shard over all local devices (ccmc_jax.sharding; same numbers).
-    err, err_w, iters = map(np.asarray, sharding.run_sharded(_fit_stage(setting.ridge),
-                                                             (grouped, A), n))
+    err, err_w, iters = map(np.asarray, sharding.map_chunks(
+        _fit_chunk(setting.ridge), (grouped, A), n, chunk=TRIAL_CHUNK))
     yield n, {'error': err, 'error_W': err_w, 'predicted_error': unit_error / n,
               'newton_iters': iters}
 
 
-def sweep(settings, seed, trials, todo):
+def sweep(settings, seed, trials, todo, select=None):
   """:func:`run_setting` over several settings, each setting's ``n`` in ``todo[setting]``
   (settings with none are skipped), with one setting of look-ahead: the next setting's data
   are generated (JAX dispatch is asynchronous) while this one is grouped and fitted.
 
+  ``select``: a contiguous ``range`` of the trials to run (e.g. this process's
+  ``sharding.process_slice``; default all). Trial ``i`` keeps its key and its numbers: a
+  trial's results do not depend on the other trials run with it.
+
   Yields:
-    (setting, n, dict of (trials,) arrays), as :func:`run_setting`.
+    (setting, n, dict of (len(select),) arrays), as :func:`run_setting`.
   """
+  select = range(trials) if select is None else select
   pending = [s for s in settings if todo[s]]
-  dispatch = lambda s: generate(s, keys(seed, s, trials))
+  dispatch = lambda s: generate(s, keys(seed, s, trials)[select.start:select.stop])
   upcoming = dispatch(pending[0]) if pending else None
   for i, setting in enumerate(pending):
     current = upcoming
@@ -188,7 +197,7 @@ def make_run_trial(setting: Setting, data_capacity, mc_capacity):
 
   def run_trial(key):
     A, data, mc = _datasets(_split(key, setting, n_max), setting)
-    unit_error = theory.predicted_error(A, mc, K, mc_capacity, 1.0)
+    unit_error = theory.predicted_error(A, mc, K, mc_capacity, 1.0, chunked=True)
     grouped, _ = fit.group_by_query(data, K, data_capacity)
     out = [_fit(grouped, A, n, setting.ridge, None) for n in setting.ns]
     err, err_w, iters = (jnp.stack(v) for v in zip(*out))
