@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -93,16 +94,53 @@ def git_commit():
     return 'unknown'
 
 
-def check_memory(flag, value, bytes_needed, error=ValueError, fraction=0.7):
-  """Raise ``error`` (one line naming ``--flag``) when an estimated working set exceeds
-  ``fraction`` of this machine's physical memory; checked before allocating anything."""
+def physical_memory():
+  """This machine's physical memory in bytes (None when the OS does not say)."""
   try:
-    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(terms, error=ValueError, fraction=0.7, total=None):
+  """Raise ``error`` (one line) when the estimated peak of ``terms`` (``ccmc_jax.memory``
+  :class:`~ccmc_jax.memory.Term` s) exceeds ``fraction`` of physical memory (``total`` bytes,
+  default this machine's); checked before any work or file. The line names the flags of the
+  largest term, largest factor first, and what to lower:
+  ``--K=10000 with --seeds=200 needs about 373 GiB (the K x K chains ...)``."""
+  from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
+  total = physical_memory() if total is None else total
+  need = memory.peak(terms)
+  if total is None or need <= fraction * total:
     return
-  if bytes_needed > fraction * total:
-    raise error(f'--{flag}={value} needs about {bytes_needed / 2**30:.1f} GiB, more than '
-                f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
+  term = max(terms, key=lambda t: t.bytes)
+  flags = memory.driving_flags(term)
+  lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
+  lower = ' or '.join(f'--{name}' for name, _, _ in flags)
+  raise error(f'{lead} needs about {_size(need)} ({term.what}), more than {fraction:.0%} of '
+              f'this machine\'s {_size(total)}: lower {lower}')
+
+
+def out_of_memory(exc):
+  """One line for an allocation failure raised during a run (numpy's MemoryError, XLA's
+  ``RESOURCE_EXHAUSTED``), or None when ``exc`` is not one."""
+  text = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+  if not (isinstance(exc, MemoryError) or 'RESOURCE_EXHAUSTED' in text
+          or 'out of memory' in text.lower()):
+    return None
+  match = re.search(r'allocat\w* (\d+) bytes', text)
+  what = f'{_size(int(match.group(1)))} could not be allocated' if match else 'an allocation failed'
+  return (f'out of memory: {what} (more than the flags\' estimate); lower the sizes of the run '
+          '(K, n, T, trials, seeds); the results CSV holds every setting finished so far')
+
+
+def _size(nbytes):
+  """Bytes in words: '3.2 GiB', '320 GiB', '48 MiB'."""
+  for unit, scale in (('TiB', 2 ** 40), ('GiB', 2 ** 30), ('MiB', 2 ** 20)):
+    if nbytes >= scale or unit == 'MiB':
+      value = nbytes / scale
+      return f'{value:.3g} {unit}' if value < 1000 else f'{value:,.0f} {unit}'
+  return f'{nbytes} B'
 
 
 @functools.lru_cache(maxsize=None)

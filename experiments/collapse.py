@@ -23,6 +23,7 @@ import os
 from absl import flags
 import numpy as np
 
+from ccmc_jax import memory
 from ccmc_jax import model
 from ccmc_jax.trials import collapse as trials
 from experiments import common
@@ -81,7 +82,7 @@ def validate():
   common.check_int('window', _WINDOW.value, 0)
   common.check_float('winner_threshold', _THRESH.value, 0, 1, lo_open=True)
   common.check_int('window_snapshots', _SNAPSHOTS.value, 1, 50)
-  common.check_memory('T', _T.value, 4 * 2 * _T.value * _K.value * 3)
+  common.check_memory(memory.collapse(_K.value, _T.value, _SEEDS.value, len(_VARIANTS.value)))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   return load_P(_P_FILE.value, _K.value) if _P_FILE.value else None
