@@ -51,26 +51,60 @@ def write_csv(df: pd.DataFrame, path):
   atomic_write_text(path, df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator='\n'))
 
 
-def read_csv(path, required=(), numeric=()):
+# What each value check of :func:`read_csv` requires, in words, and the test of a value.
+_VALUE_CHECKS = {
+    'positive_int': ('a positive integer',
+                     lambda v: np.isfinite(v) & (v >= 1) & (v == np.floor(v))),
+    'nonnegative_int': ('an integer >= 0',
+                        lambda v: np.isfinite(v) & (v >= 0) & (v == np.floor(v))),
+    'nonnegative': ('a finite number >= 0', lambda v: np.isfinite(v) & (v >= 0)),
+    'probability': ('a number in [0, 1]', lambda v: np.isfinite(v) & (v >= 0) & (v <= 1)),
+    'finite': ('a finite number', np.isfinite),
+}
+
+
+def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=(),
+             nonnegative=(), probability=(), finite=(), nan_ok=(), nonempty=False):
   """Read a results CSV, checking it exists, has the ``required`` columns and that the
-  ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message."""
+  ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message.
+
+  The value checks (each column is also read as numeric) let a figure refuse what it cannot
+  draw instead of drawing it wrongly or crashing: ``positive_int`` (sizes and counts: K, L,
+  n, T), ``nonnegative_int`` (indices: trial, seed, token), ``nonnegative`` (errors),
+  ``probability`` (shares, probabilities: in [0, 1]) and ``finite``. NaN fails them, except in
+  the ``nan_ok`` columns; ``nonempty`` refuses a header-only file. The message names the file,
+  the column and the row (the file's line number, the header being line 1)."""
   if not os.path.isfile(path):
     raise ResultsError(f'results file {path} does not exist')
   try:
     df = pd.read_csv(path)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise ResultsError(f'{path} is not a readable CSV ({str(e).splitlines()[0]})') from None
-  missing = [c for c in required if c not in df.columns]
+  checks = {'positive_int': positive_int, 'nonnegative_int': nonnegative_int,
+            'nonnegative': nonnegative, 'probability': probability, 'finite': finite}
+  checked = [c for cols in checks.values() for c in cols]
+  missing = [c for c in dict.fromkeys([*required, *checked]) if c not in df.columns]
   if missing:
     raise ResultsError(f'{path} lacks column(s) {", ".join(missing)} '
                        f'(has: {", ".join(map(str, df.columns))})')
-  for c in numeric:
+  if nonempty and df.empty:
+    raise ResultsError(f'{path} has no rows (only a header): rerun the experiment')
+  for c in dict.fromkeys([*numeric, *checked]):
     values = pd.to_numeric(df[c], errors='coerce')
     bad = values.isna() & df[c].notna()
     if bad.any():
       raise ResultsError(f'{path}: column {c} has a non-numeric value {df[c][bad].iloc[0]!r} '
                          f'(row {int(np.flatnonzero(bad)[0]) + 2})')
     df[c] = values
+  for kind, cols in checks.items():
+    words, test = _VALUE_CHECKS[kind]
+    for c in cols:
+      v = df[c].to_numpy(np.float64)
+      bad = ~test(v) & ~(np.isnan(v) & (c in nan_ok))
+      if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ResultsError(f'{path}: column {c} has {v[i]:g} at row {i + 2}: the figure '
+                           f'needs {words}{"" if c in nan_ok else " (no NaN)"}')
   return df
 
 

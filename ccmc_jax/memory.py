@@ -78,13 +78,13 @@ def sample_complexity(K, L, n, trials, mc_samples):
   # The Fisher information's layout (C_mc) is freed before the data's (C) is built.
   size = ('n', n, 1) if C >= C_mc else ('mc_samples', mc_samples, 1)
   return [
-      Term(2 * F32 * trials * (n + mc_samples) * (K + L + 4),
+      Term(1.3 * F32 * trials * (n + mc_samples) * (K + L + 4),
            'the count vectors of the data and Monte-Carlo sets',
            (('trials', trials, 1), ('n', n, 1), ('mc_samples', mc_samples, 1), ('K', K, 1),
             ('L', L, 1))),
-      Term(5 * F32 * trials * K * K * max(C, C_mc), 'the grouped (K, n/K, K) fit layouts',
+      Term(4 * F32 * trials * K * K * max(C, C_mc), 'the grouped (K, n/K, K) fit layouts',
            (('K', K, 2), size, ('trials', trials, 1))),
-      Term(4 * F32 * trials * K ** 3, 'the K x K x K Newton Hessians',
+      Term(10 * F32 * trials * K ** 3, 'the K x K x K Hessians, Jacobians and Fisher matrices',
            (('K', K, 3), ('trials', trials, 1))),
   ]
 
