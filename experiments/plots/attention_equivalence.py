@@ -33,7 +33,8 @@ def plot(csv_path, points_path, example_path):
   """Attention route (top), CCMC route (bottom), numerical check (right). Returns the Figure."""
   plt = style.pyplot()
   df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'prompts'],
-                   nonnegative_int=['cross', 'trial'], nonnegative=METRICS, nonempty=True)
+                   nonnegative_int=['cross', 'trial', 'count'],
+                   nonnegative=[m for m in METRICS if m != 'count'], nonempty=True)
   pts = io.read_csv(points_path, required=POINT_KEYS, positive_int=['K', 'L'],
                     nonnegative_int=['cross', 'trial', 'token'], probability=['attention', 'ccmc'])
   tol = tolerance(csv_path)
