@@ -100,7 +100,7 @@ def positional_encoding(K, L, n, trials, eq_K, eq_L, eq_trials, eq_prompts, d_po
   """``experiments.positional_encoding``: the fit's prompts and answers of every trial (the
   chunked pass is small) and the largest equivalence cell's embedded prompts."""
   return [
-      Term(2 * F32 * trials * n * (L + 2) + F32 * trials * K * K * L,
+      Term(3 * F32 * trials * n * (L + 2) + F32 * trials * K * K * L,
            'the prompts and answers of the positional fit',
            (('n', n, 1), ('trials', trials, 1), ('L', L, 1), ('K', K, 1))),
       Term(4 * F32 * eq_trials * eq_prompts * eq_L * (eq_K + d_pos),

@@ -29,6 +29,12 @@ MEASURED = [
     (memory.sample_complexity(200, 10, 1000, 1, 1000), 1372580 * 1024),
     (memory.sample_complexity(5, 10, 1000000, 4, 1000), 825204 * 1024),
     (memory.sample_complexity(20, 10, 100000, 20, 50000), 951140 * 1024),
+    (memory.sample_complexity(300, 10, 1000, 1, 1000), 2654232 * 1024),
+    (memory.self_vs_cross(100, 6, 1000, 2), 0.77e9),
+    (memory.self_vs_cross(6, 6, 1000000, 4), 1.34e9),
+    (memory.attention_equivalence(50, 500, 50, 100), 1.49e9),
+    (memory.positional_encoding(5, 8, 1000000, 8, 3, 3, 100, 20, 4), 1.19e9),
+    (memory.trajectory_learning(20, 10, 30000, 4), 0.94e9),
 ]
 
 
