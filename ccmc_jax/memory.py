@@ -140,7 +140,7 @@ def trajectory_learning(K, L0, T, trials):
 def collapse_statistics(K, T, batch):
   """``experiments.collapse_statistics``: a vmapped batch of trajectories' (T, K) frequency
   traces and their winner masks (``batch`` seeds at once), at the largest K."""
-  return [Term(4 * F32 * batch * T * K, 'the (T, K) frequency traces of a batch of seeds',
+  return [Term(2 * F32 * batch * T * K, 'the (T, K) frequency traces of a batch of seeds',
                (('T', T, 1), ('batch', batch, 1), ('K', K, 1)))]
 
 
@@ -148,7 +148,7 @@ def vocabulary_scaling(K, L, n, trials):
   """``experiments.vocabulary_scaling``, one cell: the (n, L) prompts, answers and per-position
   temporaries of the sparse fit for every trial, plus the K x K scores and CG state."""
   ratio = n / K ** 2
-  return [Term(F32 * trials * (6 * n * (L + 2) + 8 * K * K),
+  return [Term(F32 * trials * (10 * n * (L + 2) + 8 * K * K),
                'the prompts and per-position temporaries of a cell',
                (('n_over_K2', f'{ratio:g}', 1), ('K', K, 2), ('trials', trials, 1),
                 ('L', L, 1)))]
