@@ -26,8 +26,8 @@ def read(csv_path):
   df = io.read_csv(csv_path, required=KEYS + METRICS, numeric=num,
                    positive_int=['K', 'L0', 'T', 'collapse_time'],
                    nonnegative_int=['seed', 'winners'],
-                   nonnegative=['scale'], probability=['top1', 'top2', 'winner_threshold'],
-                   nonempty=True)
+                   nonnegative=['scale'], nonempty=True,
+                   probability=['top1', 'top2', 'max_final_freq', 'winner_threshold'])
   sweeps = [s for s in trials.SWEEPS if s in set(df['sweep'])]
   if not sweeps:
     raise io.ResultsError(f'{csv_path} has no rows of a known sweep ({", ".join(trials.SWEEPS)})')
