@@ -24,6 +24,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import memory
 from experiments import common
 
 flags.adopt_module_key_flags(common)
