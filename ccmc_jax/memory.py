@@ -137,21 +137,24 @@ def trajectory_learning(K, L0, T, trials):
   ]
 
 
-def collapse_statistics(K, T, batch):
+def collapse_statistics(K, T, batch, seeds):
   """``experiments.collapse_statistics``: a vmapped batch of trajectories' (T, K) frequency
-  traces and their winner masks (``batch`` seeds at once), at the largest K."""
-  return [Term(2 * F32 * batch * T * K, 'the (T, K) frequency traces of a batch of seeds',
-               (('T', T, 1), ('batch', batch, 1), ('K', K, 1)))]
+  traces and their winner masks (``min(batch, seeds)`` seeds at once), at the largest K."""
+  size = ('seeds', seeds, 1) if seeds < batch else ('batch', batch, 1)
+  return [Term(2 * F32 * min(batch, seeds) * T * K,
+               'the (T, K) frequency traces of a batch of seeds', (('T', T, 1), size, ('K', K, 1)))]
 
 
-def vocabulary_scaling(K, L, n, trials):
+def vocabulary_scaling(K, L, n, trials, trials_flag=None):
   """``experiments.vocabulary_scaling``, one cell: the (n, L) prompts, answers and per-position
-  temporaries of the sparse fit for every trial, plus the K x K scores and CG state."""
+  temporaries of the sparse fit for each of its ``trials``, plus the K x K scores and CG state.
+  ``trials_flag``: the (flag, value) that set the cell's trials (default ``('trials', trials)``),
+  e.g. ``('min_trials', 4)``."""
   ratio = n / K ** 2
+  name, value = trials_flag or ('trials', trials)
   return [Term(F32 * trials * (10 * n * (L + 2) + 8 * K * K),
                'the prompts and per-position temporaries of a cell',
-               (('n_over_K2', f'{ratio:g}', 1), ('K', K, 2), ('trials', trials, 1),
-                ('L', L, 1)))]
+               (('n_over_K2', f'{ratio:g}', 1), ('K', K, 2), (name, value, 1), ('L', L, 1)))]
 
 
 def real_text(K, L, T, prompts, grid, corpus_chars, corpus_flag):

@@ -62,7 +62,8 @@ def validate():
   for _, s, t in cells():
     if s.n < 1:
       raise common.FlagError(f'--n_over_K2: n = ratio * K^2 < 1 at K={s.K}: raise the ratio')
-    common.check_memory(memory.vocabulary_scaling(s.K, s.L, s.n, t))
+    by = ('min_trials', t) if t == _MIN_TRIALS.value else ('trials', _TRIALS.value)
+    common.check_memory(memory.vocabulary_scaling(s.K, s.L, s.n, t, by))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

@@ -36,7 +36,7 @@ MEASURED = [
     (memory.attention_equivalence(50, 500, 50, 100), 1.49e9),
     (memory.positional_encoding(5, 8, 1000000, 8, 3, 3, 100, 20, 4), 1.19e9),
     (memory.trajectory_learning(20, 10, 30000, 4), 0.94e9),
-    (memory.collapse_statistics(64, 30000, 50), 0.88e9),
+    (memory.collapse_statistics(64, 30000, 50, 50), 0.88e9),
     (memory.vocabulary_scaling(256, 10, 30 * 256 ** 2, 4), 3.06e9),
 ]
 
