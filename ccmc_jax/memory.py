@@ -3,9 +3,9 @@
 Each function returns the :class:`Term` s that dominate one experiment's peak resident memory
 (the arrays that are alive together at its largest stage, with XLA's temporaries), so a script
 can refuse a setting before any work and name the flag behind it
-(``ccmc_jax.io.check_memory``). Every coefficient was set from measured peak RSS (fresh
-process, ``/usr/bin/time``), rounded up: the estimate errs high (within ~2x of the measured
-peak at the settings of ``python -m benchmarks.memory``), never low. Pure: no absl, no files.
+(``ccmc_jax.io.check_memory``). Every coefficient was set from measured peak RSS (a fresh
+process per setting: ``python -m benchmarks.memory``), rounded up: the estimate errs high
+(within ~2x of the measured peak at those settings), never low. Pure: no absl, no files.
 """
 from __future__ import annotations
 
