@@ -11,6 +11,7 @@ from io import StringIO as _StringIO
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,26 +123,60 @@ def write_csv(df: pd.DataFrame, path):
   atomic_write_text(path, csv_text(df))
 
 
-def read_csv(path, required=(), numeric=()):
+# What each value check of :func:`read_csv` requires, in words, and the test of a value.
+_VALUE_CHECKS = {
+    'positive_int': ('a positive integer',
+                     lambda v: np.isfinite(v) & (v >= 1) & (v == np.floor(v))),
+    'nonnegative_int': ('an integer >= 0',
+                        lambda v: np.isfinite(v) & (v >= 0) & (v == np.floor(v))),
+    'nonnegative': ('a finite number >= 0', lambda v: np.isfinite(v) & (v >= 0)),
+    'probability': ('a number in [0, 1]', lambda v: np.isfinite(v) & (v >= 0) & (v <= 1)),
+    'finite': ('a finite number', np.isfinite),
+}
+
+
+def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=(),
+             nonnegative=(), probability=(), finite=(), nan_ok=(), nonempty=False):
   """Read a results CSV, checking it exists, has the ``required`` columns and that the
-  ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message."""
+  ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message.
+
+  The value checks (each column is also read as numeric) let a figure refuse what it cannot
+  draw instead of drawing it wrongly or crashing: ``positive_int`` (sizes and counts: K, L,
+  n, T), ``nonnegative_int`` (indices: trial, seed, token), ``nonnegative`` (errors),
+  ``probability`` (shares, probabilities: in [0, 1]) and ``finite``. NaN fails them, except in
+  the ``nan_ok`` columns; ``nonempty`` refuses a header-only file. The message names the file,
+  the column and the row (the file's line number, the header being line 1)."""
   if not os.path.isfile(path):
     raise ResultsError(f'results file {path} does not exist')
   try:
     df = pd.read_csv(path)
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
     raise ResultsError(f'{path} is not a readable CSV ({str(e).splitlines()[0]})') from None
-  missing = [c for c in required if c not in df.columns]
+  checks = {'positive_int': positive_int, 'nonnegative_int': nonnegative_int,
+            'nonnegative': nonnegative, 'probability': probability, 'finite': finite}
+  checked = [c for cols in checks.values() for c in cols]
+  missing = [c for c in dict.fromkeys([*required, *checked]) if c not in df.columns]
   if missing:
     raise ResultsError(f'{path} lacks column(s) {", ".join(missing)} '
                        f'(has: {", ".join(map(str, df.columns))})')
-  for c in numeric:
+  if nonempty and df.empty:
+    raise ResultsError(f'{path} has no rows (only a header): rerun the experiment')
+  for c in dict.fromkeys([*numeric, *checked]):
     values = pd.to_numeric(df[c], errors='coerce')
     bad = values.isna() & df[c].notna()
     if bad.any():
       raise ResultsError(f'{path}: column {c} has a non-numeric value {df[c][bad].iloc[0]!r} '
                          f'(row {int(np.flatnonzero(bad)[0]) + 2})')
     df[c] = values
+  for kind, cols in checks.items():
+    words, test = _VALUE_CHECKS[kind]
+    for c in cols:
+      v = df[c].to_numpy(np.float64)
+      bad = ~test(v) & ~(np.isnan(v) & (c in nan_ok))
+      if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ResultsError(f'{path}: column {c} has {v[i]:g} at row {i + 2}: the figure '
+                           f'needs {words}{"" if c in nan_ok else " (no NaN)"}')
   return df
 
 
@@ -165,16 +200,53 @@ def git_commit():
     return 'unknown'
 
 
-def check_memory(flag, value, bytes_needed, error=ValueError, fraction=0.7):
-  """Raise ``error`` (one line naming ``--flag``) when an estimated working set exceeds
-  ``fraction`` of this machine's physical memory; checked before allocating anything."""
+def physical_memory():
+  """This machine's physical memory in bytes (None when the OS does not say)."""
   try:
-    total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(terms, error=ValueError, fraction=0.7, total=None):
+  """Raise ``error`` (one line) when the estimated peak of ``terms`` (``ccmc_jax.memory``
+  :class:`~ccmc_jax.memory.Term` s) exceeds ``fraction`` of physical memory (``total`` bytes,
+  default this machine's); checked before any work or file. The line names the flags of the
+  largest term, largest factor first, and what to lower:
+  ``--K=10000 with --seeds=200 needs about 373 GiB (the K x K chains ...)``."""
+  from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
+  total = physical_memory() if total is None else total
+  need = memory.peak(terms)
+  if total is None or need <= fraction * total:
     return
-  if bytes_needed > fraction * total:
-    raise error(f'--{flag}={value} needs about {bytes_needed / 2**30:.1f} GiB, more than '
-                f'{fraction:.0%} of this machine\'s {total / 2**30:.1f} GiB: lower it')
+  term = max(terms, key=lambda t: t.bytes)
+  flags = memory.driving_flags(term)
+  lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
+  lower = ' or '.join(f'--{name}' for name, _, _ in flags)
+  raise error(f'{lead} needs about {_size(need)} ({term.what}), more than {fraction:.0%} of '
+              f'this machine\'s {_size(total)}: lower {lower}')
+
+
+def out_of_memory(exc):
+  """One line for an allocation failure raised during a run (numpy's MemoryError, XLA's
+  ``RESOURCE_EXHAUSTED``), or None when ``exc`` is not one."""
+  text = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+  if not (isinstance(exc, MemoryError) or 'RESOURCE_EXHAUSTED' in text
+          or 'out of memory' in text.lower()):
+    return None
+  match = re.search(r'allocat\w* (\d+) bytes', text)
+  what = f'{_size(int(match.group(1)))} could not be allocated' if match else 'an allocation failed'
+  return (f'out of memory: {what} (more than the flags\' estimate); lower the sizes of the run '
+          '(K, n, T, trials, seeds); the results CSV holds every setting finished so far')
+
+
+def _size(nbytes):
+  """Bytes in words: '3.2 GiB', '320 GiB', '48 MiB'."""
+  for unit, scale in (('TiB', 2 ** 40), ('GiB', 2 ** 30), ('MiB', 2 ** 20)):
+    if nbytes >= scale or unit == 'MiB':
+      value = nbytes / scale
+      return f'{value:.3g} {unit}' if value < 1000 else f'{value:,.0f} {unit}'
+  return f'{nbytes} B'
 
 
 @functools.lru_cache(maxsize=None)

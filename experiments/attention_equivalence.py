@@ -31,6 +31,7 @@ from absl import flags
 import numpy as np
 
 from ccmc_jax import io
+from ccmc_jax import memory
 from ccmc_jax.trials import attention_equivalence as trials
 from ccmc_jax.trials import ccmc_example as example
 from experiments import common
@@ -89,8 +90,7 @@ def validate():
     raise common.FlagError('--L has no value >= 2 and --attention=cross: no cell to run '
                            '(cross-attention needs L >= 2)')
   for K, L, _ in cells():
-    # Embedded keys and one-hot tokens of a whole cell (trials * prompts * L * K, float32).
-    common.check_memory('prompts', _PROMPTS.value, 4 * 3 * _TRIALS.value * _PROMPTS.value * L * K)
+    common.check_memory(memory.attention_equivalence(K, L, _TRIALS.value, _PROMPTS.value))
   common.check_float('W', _W.value, -example.MAX_ABS_W, example.MAX_ABS_W)
   W = common.parse_W('W', _W.value)
   X = common.parse_X('X', _X.value, W.shape[0])

@@ -24,6 +24,7 @@ from absl import flags
 import numpy as np
 import pandas as pd
 
+from ccmc_jax import memory
 from ccmc_jax import model
 from ccmc_jax.trials import collapse as trials
 from experiments import common
@@ -91,7 +92,7 @@ def validate():
     error = trials.zero_diag_context_error([int(x) for x in _X0.value], _WINDOW.value)
     if error:
       raise common.FlagError(error)
-  common.check_memory('T', _T.value, 4 * 2 * _T.value * _K.value * 3)
+  common.check_memory(memory.collapse(_K.value, _T.value, _SEEDS.value, len(_VARIANTS.value)))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   return load_P(_P_FILE.value, _K.value) if _P_FILE.value else None

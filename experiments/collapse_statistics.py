@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from ccmc_jax import memory
 from ccmc_jax.trials import collapse_statistics as trials
 from experiments import common
 from experiments.plots import collapse_statistics as plots
@@ -71,7 +72,7 @@ def validate():
   common.check_float('winner_threshold', _THRESH.value, 0, 1, lo_open=True)
   common.check_int('batch', _BATCH.value, 1)
   K_max = max([int(k) for k in _K.value] + [_K_BASE.value])
-  common.check_memory('T', _T.value, 4 * 4 * min(_BATCH.value, _SEEDS.value) * _T.value * K_max)
+  common.check_memory(memory.collapse_statistics(K_max, _T.value, _BATCH.value, _SEEDS.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

@@ -125,9 +125,10 @@ def check_writable_dir(name, path):
     raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
 
 
-def check_memory(name, value, bytes_needed, fraction=0.7):
-  """Refuse settings whose estimated working set exceeds ``fraction`` of physical memory."""
-  io.check_memory(name, value, bytes_needed, FlagError, fraction)
+def check_memory(terms, fraction=0.7):
+  """Refuse settings whose estimated peak memory (``ccmc_jax.memory`` terms) exceeds
+  ``fraction`` of physical memory: one line naming the flags that drive it."""
+  io.check_memory(terms, FlagError, fraction)
 
 
 def flag_values(names):
@@ -601,6 +602,12 @@ def run(entry, quick=None):
     except CheckFailed as e:
       print(f'FAILED: {e}', file=sys.stderr)
       sys.exit(1)
+    except (MemoryError, RuntimeError) as e:  # XLA's RESOURCE_EXHAUSTED is a RuntimeError
+      message = io.out_of_memory(e)
+      if message is None:
+        raise
+      print(f'error: {message}', file=sys.stderr)
+      sys.exit(2)
     except KeyboardInterrupt:
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)

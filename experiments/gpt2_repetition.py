@@ -16,6 +16,7 @@ import os
 from absl import flags
 
 from ccmc_jax import gpt2
+from ccmc_jax import memory
 from experiments import common
 from experiments.plots import gpt2_repetition as plots
 
@@ -46,8 +47,7 @@ def validate():
   """Every flag check before any work (no weights read); returns the prompt's token ids."""
   ids = gpt2.check_inputs(model_dir(), _PROMPT.value, _PROMPT_IDS.value, _STEPS.value,
                           _NGRAM.value)
-  common.check_memory('hf_model_dir', _HF_DIR.value,
-                      8 * gpt2.param_count(gpt2.read_config(model_dir())))
+  common.check_memory(memory.gpt2(_HF_DIR.value, gpt2.param_count(gpt2.read_config(model_dir()))))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   return ids

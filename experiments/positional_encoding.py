@@ -23,6 +23,7 @@ from absl import flags
 import numpy as np
 
 from ccmc_jax import io
+from ccmc_jax import memory
 from ccmc_jax import positional
 from ccmc_jax.trials import positional_encoding as trials
 from experiments import common
@@ -93,11 +94,10 @@ def validate():
   common.check_float('pos_scale', _POS_SCALE.value, 0, 10, lo_open=True)
   common.check_float('tol', _TOL.value, 0, lo_open=True)
   n_max, L = max(int(v) for v in _N.value), _L.value
-  # Prompts and answers of all trials, plus the chunked pass (small), float32/int32.
-  common.check_memory('n', n_max, 4 * _TRIALS.value * n_max * (L + 2) * 2)
   for Ke, Le, _ in trials.eq_cells(_EQ_K.value, _EQ_L.value, _EQ_ATT.value):
-    common.check_memory('eq_prompts', _EQ_PROMPTS.value, 4 * 4 * _EQ_TRIALS.value *
-                        _EQ_PROMPTS.value * Le * (Ke + _D_POS.value))
+    common.check_memory(memory.positional_encoding(_K.value, L, n_max, _TRIALS.value, Ke, Le,
+                                                   _EQ_TRIALS.value, _EQ_PROMPTS.value,
+                                                   _D_POS.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

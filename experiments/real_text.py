@@ -24,6 +24,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import memory
 from experiments import common
 
 flags.adopt_module_key_flags(common)
@@ -70,9 +71,8 @@ def validate():
     if not flag.value:
       raise common.FlagError(f'--{name} is empty: give at least one value')
     common.check_float(name, flag.value, 0, None, lo_open=True)
-  V = _K.value + 1
-  common.check_memory('K', _K.value, 4 * V * V * (len(_RIDGE.value) + len(_SMOOTH.value) + 4))
-  common.check_memory('T', _T.value, 8 * 12 * _PROMPTS.value * _T.value)
+  grid = len(_RIDGE.value) + len(_SMOOTH.value)
+  common.check_memory(memory.real_text(_K.value, _L.value, _T.value, _PROMPTS.value, grid, 0, None))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   try:
@@ -82,9 +82,9 @@ def validate():
       corpus = text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
   except text.TextError as e:
     raise common.FlagError(corpus_error(e)) from None
-  # The (n, L) prompts of every split, about one token per 3 characters, int32, twice over.
-  common.check_memory('corpus_file' if _FILE.value else 'L', _FILE.value or _L.value,
-                      8 * _L.value * len(corpus) // 3)
+  source = ('corpus_file', _FILE.value) if _FILE.value else ('corpus', _CORPUS.value)
+  common.check_memory(memory.real_text(_K.value, _L.value, _T.value, _PROMPTS.value, grid,
+                                       len(corpus), source))
   return corpus
 
 

@@ -15,6 +15,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import memory
 from ccmc_jax import sharding
 from ccmc_jax.trials import sample_complexity as trials
 from experiments import common
@@ -76,8 +77,7 @@ def validate():
   common.check_int('process_index', _PROCESS_INDEX.value, 0, _PROCESS_COUNT.value - 1)
   n_max = max(int(v) for v in _N.value)
   for s in settings():
-    # Prompts, counts, grouped counts and a few temporaries of one (K, L) setting, float32.
-    common.check_memory('K', s.K, 4 * _TRIALS.value * max(n_max, _MC.value) * (s.L + 6 * s.K))
+    common.check_memory(memory.sample_complexity(s.K, s.L, n_max, _TRIALS.value, _MC.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

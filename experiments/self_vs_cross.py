@@ -27,6 +27,7 @@ import time
 from absl import flags
 import numpy as np
 
+from ccmc_jax import memory
 from ccmc_jax.trials import self_vs_cross as trials
 from experiments import common
 from experiments.plots import self_vs_cross as plots
@@ -97,8 +98,7 @@ def validate():
     raise common.FlagError(f'--graph_prompts holds token {prompts.max()}: allowed values are '
                            f'tokens in [0, {MAX_GRAPH_TOKEN}] (a drawable graph)')
   n_max = max(int(v) for v in _N.value)
-  # Prompts, two data sets' counts, grouped counts and Newton temporaries, float32.
-  common.check_memory('n', n_max, 4 * 2 * _TRIALS.value * n_max * (_L.value + 8 * _K.value))
+  common.check_memory(memory.self_vs_cross(_K.value, _L.value, n_max, _TRIALS.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   return prompts

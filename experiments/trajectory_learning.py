@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from ccmc_jax import memory
 from ccmc_jax.trials import trajectory_learning as trials
 from experiments import common
 from experiments.plots import trajectory_learning as plots
@@ -48,8 +49,7 @@ def validate():
   common.check_float('scale', _SCALE.value, 0, 50, lo_open=True)
   common.check_float('ridge', _RIDGE.value, 0)
   T_max, K = max(int(t) for t in _T.value), _K.value
-  # Both data sets (counts dominate) plus the padded (K, T_max, K) fit layout, float32.
-  common.check_memory('T', T_max, 4 * 2 * _TRIALS.value * T_max * K * (2 + 3 * K))
+  common.check_memory(memory.trajectory_learning(K, _L0.value, T_max, _TRIALS.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

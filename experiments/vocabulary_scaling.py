@@ -15,6 +15,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import memory
 from ccmc_jax.trials import vocabulary_scaling as trials
 from experiments import common
 from experiments.plots import vocabulary_scaling as plots
@@ -61,8 +62,8 @@ def validate():
   for _, s, t in cells():
     if s.n < 1:
       raise common.FlagError(f'--n_over_K2: n = ratio * K^2 < 1 at K={s.K}: raise the ratio')
-    # Prompts, answers and per-position temporaries of every trial of a cell, plus A, 4 bytes.
-    common.check_memory('n_over_K2', s.n / s.K ** 2, 4 * t * (6 * s.n * (s.L + 2) + 8 * s.K ** 2))
+    by = ('min_trials', t) if t == _MIN_TRIALS.value else ('trials', _TRIALS.value)
+    common.check_memory(memory.vocabulary_scaling(s.K, s.L, s.n, t, by))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

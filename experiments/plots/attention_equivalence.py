@@ -32,12 +32,11 @@ def tolerance(csv_path):
 def plot(csv_path, points_path, example_path):
   """Attention route (top), CCMC route (bottom), numerical check (right). Returns the Figure."""
   plt = style.pyplot()
-  df = io.read_csv(csv_path, required=KEYS + METRICS + ['prompts'],
-                   numeric=KEYS + METRICS + ['prompts'])
-  pts = io.read_csv(points_path, required=POINT_KEYS + ['attention', 'ccmc'],
-                    numeric=POINT_KEYS + ['attention', 'ccmc'])
-  if df.empty:
-    raise io.ResultsError(f'{csv_path} has no rows')
+  df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'prompts'],
+                   nonnegative_int=['cross', 'trial', 'count'],
+                   nonnegative=[m for m in METRICS if m != 'count'], nonempty=True)
+  pts = io.read_csv(points_path, required=POINT_KEYS, positive_int=['K', 'L'],
+                    nonnegative_int=['cross', 'trial', 'token'], probability=['attention', 'ccmc'])
   tol = tolerance(csv_path)
   q = example_plots.read_quantities(example_path, tuple(example.QUANTITIES))
   P, X, m = q['P'], q['X'].astype(int), q['m']

@@ -10,7 +10,7 @@ from experiments.plots import style
 
 def read_quantities(path, names):
   """The example's quantities from a long-format CSV, checking that ``names`` are present."""
-  df = io.read_csv(path, required=example.KEYS + ['value'], numeric=['row', 'col', 'value'])
+  df = io.read_csv(path, required=example.KEYS, nonnegative_int=['row', 'col'], finite=['value'])
   try:
     q = example.from_columns(*(df[c].to_numpy() for c in example.KEYS + ['value']))
   except ValueError as e:

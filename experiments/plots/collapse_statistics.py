@@ -23,8 +23,11 @@ XLABELS = {'K': 'K (vocabulary size)', 'L0': 'L0 (initial prompt length)',
 def read(csv_path):
   """The table, checked (one-line io.ResultsError)."""
   num = ['K', 'L0', 'scale', 'seed', 'T'] + METRICS
-  df = io.read_csv(csv_path, required=KEYS + METRICS + ['T', 'winner_threshold'],
-                   numeric=num + ['winner_threshold'])
+  df = io.read_csv(csv_path, required=KEYS + METRICS, numeric=num,
+                   positive_int=['K', 'L0', 'T', 'collapse_time'],
+                   nonnegative_int=['seed', 'winners'],
+                   nonnegative=['scale'], nonempty=True,
+                   probability=['top1', 'top2', 'max_final_freq', 'winner_threshold'])
   sweeps = [s for s in trials.SWEEPS if s in set(df['sweep'])]
   if not sweeps:
     raise io.ResultsError(f'{csv_path} has no rows of a known sweep ({", ".join(trials.SWEEPS)})')

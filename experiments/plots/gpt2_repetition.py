@@ -13,12 +13,15 @@ from ccmc_jax import io
 from experiments.plots import style
 
 COLORS = {'prompt': '#d9d9d9', 'new': '#c6dbef', 'repeated': '#fcae91'}
-NUMERIC = ['ngram', 'step', 'token_id', 'seen', 'repeated', 'repeated_fraction', 'p_greedy']
 
 
 def read_frame(path):
   """The experiment's CSV, checked (io.ResultsError, one line, if unusable)."""
-  frame = io.read_csv(path, required=gpt2.TABLE_COLUMNS, numeric=NUMERIC)
+  # step: 1..steps for generated tokens, <= 0 for the prompt's; NaN only for the prompt rows.
+  frame = io.read_csv(path, required=gpt2.TABLE_COLUMNS, positive_int=['ngram'],
+                      nonnegative_int=['token_id'], finite=['step'],
+                      probability=['seen', 'repeated', 'repeated_fraction', 'p_greedy'],
+                      nan_ok=['repeated_fraction', 'p_greedy'], nonempty=True)
   if not (frame['part'] == 'generated').any():
     raise io.ResultsError(f'{path} has no generated tokens')
   return frame

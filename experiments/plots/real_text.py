@@ -20,14 +20,13 @@ MODEL_LABELS = {'mle': 'CCMC, MLE P', 'uniform_P': 'CCMC, uniform P\n(π = m/L)'
 def read(text_csv, fit_csv, curves_csv):
   """The three tables, checked for their columns."""
   metrics = ['seq_rep_4', 'distinct_1', 'distinct_2', 'top1_share', 'top5_share']
-  rows = io.read_csv(text_csv, required=['source', 'prompt', 'first_words', 'prompt_end'] +
-                     metrics, numeric=['prompt'] + metrics)
-  fit = io.read_csv(fit_csv, required=['model', 'heldout_nll', 'n_train', 'n_heldout',
-                                       'copy_fraction', 'ridge'],
-                    numeric=['heldout_nll', 'copy_fraction', 'ridge'])
-  curves = io.read_csv(curves_csv, required=['source', 't', 'top1_mean', 'top1_q10',
-                                             'top1_q90'],
-                       numeric=['t', 'top1_mean', 'top1_q10', 'top1_q90'])
+  rows = io.read_csv(text_csv, required=['source', 'first_words', 'prompt_end'],
+                     nonnegative_int=['prompt'], probability=metrics, nonempty=True)
+  fit = io.read_csv(fit_csv, required=['model'], positive_int=['n_train', 'n_heldout'],
+                    nonnegative=['heldout_nll', 'ridge'], probability=['copy_fraction'],
+                    nan_ok=['ridge'], nonempty=True)
+  curves = io.read_csv(curves_csv, required=['source'], positive_int=['t'],
+                       probability=['top1_mean', 'top1_q10', 'top1_q90'], nonempty=True)
   for name, df, col, known in ((text_csv, rows, 'source', SOURCES),
                                (fit_csv, fit, 'model', MODELS),
                                (curves_csv, curves, 'source', SOURCES)):
@@ -89,8 +88,12 @@ def draw(text_csv, fit_csv, curves_csv):
                    f'(copy fraction {f["copy_fraction"].iloc[0]:.3f}; '
                    f'{int(f["n_train"].iloc[0]):,} train; ridge {r:g})')
 
-  p0 = rows['prompt'].min()
-  sample = rows[rows['prompt'] == p0].set_index('source')
+  shared = set.intersection(*(set(rows.loc[rows['source'] == s, 'prompt']) for s in sources))
+  if not shared:
+    raise io.ResultsError(f'{text_csv}: no prompt has a row for every source '
+                          f'({", ".join(sources)})')
+  p0 = min(shared)
+  sample = rows[rows['prompt'] == p0].drop_duplicates('source').set_index('source')
   lines = ['Prompt (last words): ... ' + str(sample['prompt_end'].iloc[0]), '']
   for s in sources:
     wrapped = textwrap.wrap(f'{LABELS[s]}: {sample.loc[s, "first_words"]}', 165)

@@ -15,10 +15,9 @@ def plot(csv_path):
   """Error vs n per K with the MLE asymptotics and c K²/n; the same curves times n / K²; and
   the prompt-length sweep when the CSV has several L for one K. Returns the Figure."""
   plt = style.pyplot()
-  df = io.read_csv(csv_path, required=KEYS + ['error', 'predicted_error'],
-                   numeric=KEYS + ['error', 'predicted_error'])
-  if df.empty:
-    raise io.ResultsError(f'{csv_path} has no rows')
+  df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'n'],
+                   nonnegative_int=['trial'], nonnegative=['error', 'predicted_error'],
+                   nonempty=True)
   slope = trials.slopes(df)
   L0 = int(df['L'].mode().iloc[0])
   main = df[df['L'] == L0].assign(normalised=lambda d: d['error'] * d['n'] / d['K'] ** 2)

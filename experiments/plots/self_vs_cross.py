@@ -53,14 +53,13 @@ def draw_graph(ax, g):
 
 def plot(csv_path, graph_path):
   """The two graphs of panel (a) and error vs n (panel b). Returns the Figure."""
-  numeric = ['K', 'L', 'n', 'trial', 'error', 'identifiable_rows', 'predicted_floor']
-  df = io.read_csv(csv_path, required=['attention'] + numeric, numeric=numeric)
-  graph_numeric = ['i', 'j', 'query', 'K', 'count', 'component', 'identifiable']
-  graph = io.read_csv(graph_path, required=['attention', 'kind', 'tokens'] + graph_numeric,
-                      numeric=graph_numeric)
+  df = io.read_csv(csv_path, required=['attention'], positive_int=['K', 'L', 'n'],
+                   nonnegative_int=['trial', 'identifiable_rows'],
+                   nonnegative=['error', 'predicted_floor'], nonempty=True)
+  graph = io.read_csv(graph_path, required=['attention', 'kind', 'tokens'], positive_int=['K'],
+                      nonnegative_int=['i', 'query', 'count'], finite=['j', 'component'],
+                      probability=['identifiable'], nonempty=True)
   graph['tokens'] = graph['tokens'].fillna('').astype(str)
-  if df.empty or graph.empty:
-    raise io.ResultsError(f'{csv_path if df.empty else graph_path} has no rows')
   fig, axes = style.subplots(1, 3, figsize=(16, 5.8), gridspec_kw={'width_ratios': [1, 1, 1.5]})
   for ax, attention in zip(axes[:2], trials.ATTENTIONS):
     draw_graph(ax, graph[graph['attention'] == attention])

@@ -16,9 +16,8 @@ def plot(csv_path):
   """(a) error·n/K² vs K, one curve per n/K² with the theory overlay and the fitted exponent b
   in the legend; (b) mean error ÷ mean predicted error vs K. Returns the Figure."""
   plt = style.pyplot()
-  df = io.read_csv(csv_path, required=COLUMNS, numeric=COLUMNS)
-  if df.empty:
-    raise io.ResultsError(f'{csv_path} has no rows')
+  df = io.read_csv(csv_path, required=COLUMNS, numeric=COLUMNS, positive_int=['K', 'L', 'n'],
+                   nonnegative=['error', 'predicted_error'], nonempty=True)
   df = df.assign(normalised=df['error'] * df['n'] / df['K'] ** 2,
                  predicted_normalised=df['predicted_error'] * df['n'] / df['K'] ** 2)
   b = trials.exponents(df)
