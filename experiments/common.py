@@ -25,6 +25,7 @@ import pandas as pd
 
 from ccmc_jax import io
 from ccmc_jax import sharding
+from ccmc_jax import tolerances
 from experiments.plots import style
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
@@ -191,7 +192,8 @@ class Results:
     """Mark the results complete in the sidecar, with the wall time."""
     wall = time.time() - self.start
     io.write_meta(self.meta_path, self.flags, status='complete', rows=len(self.frame),
-                  keys=self.keys, wall_time_s=round(wall, 2), **extra)
+                  keys=self.keys, wall_time_s=round(wall, 2),
+                  tolerances=tolerances.for_table(self.name), **extra)  # used by compare
     return wall
 
 
