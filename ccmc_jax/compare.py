@@ -63,6 +63,8 @@ class Report:
     max_rel_diff: per numeric column, the largest ``|a - b| / |a|`` over rows where both are
       finite and ``a != 0``.
     info_diffs: like ``diffs``, for the informational columns (reported, not failing).
+    max_tolerance_used: per numeric column, the largest ``|a - b| / (atol + rtol |a|)``: how
+      much of its tolerance the column used (> 1: beyond it).
   """
   keys: list
   rows: int
@@ -74,6 +76,7 @@ class Report:
   tolerances: dict = dataclasses.field(default_factory=dict)
   max_rel_diff: dict = dataclasses.field(default_factory=dict)
   info_diffs: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+  max_tolerance_used: dict = dataclasses.field(default_factory=dict)
 
   @property
   def agree(self) -> bool:
@@ -93,13 +96,21 @@ class Report:
     return 'the recorded per-column tolerances'
 
   def _worst(self, columns):
+    """'; max |a-b| x in column c (r relative, p% of its tolerance)' for the numeric column
+    nearest its tolerance; '; identical numbers' when nothing moved."""
     finite = {c: v for c, v in self.max_abs_diff.items() if c in columns and np.isfinite(v)}
     if not finite:
       return ''
-    worst = max(finite, key=finite.get)
+    if not any(finite.values()):
+      return '; identical numbers'
+    used = {c: self.max_tolerance_used.get(c, 0.0) for c in finite}
+    worst = max(finite, key=lambda c: (used[c], finite[c]))
     rel = self.max_rel_diff.get(worst, np.nan)
-    rel_txt = f' ({rel:.2g} relative)' if np.isfinite(rel) and rel > 0 else ''
-    return f'; max |a-b| {finite[worst]:.3g}{rel_txt} in column {worst}'
+    notes = [f'{rel:.2g} relative'] if np.isfinite(rel) and rel > 0 else []
+    if self.rtol is None and np.isfinite(used[worst]):
+      notes.append(f'{used[worst]:.0%} of its tolerance')
+    notes_txt = f' ({", ".join(notes)})' if notes else ''
+    return f'; max |a-b| {finite[worst]:.3g} in column {worst}{notes_txt}'
 
   def summary(self) -> str:
     """One line: agree/differ, counts, tolerances and the worst checked column."""
@@ -219,7 +230,7 @@ def _numeric_close(x, y, t):
   """Cells of ``y`` (rerun) within ``t`` of ``x`` (reference), NaN == NaN, +-inf only equal to
   itself; integer columns exactly, in integers (no float64 rounding beyond 2**53).
 
-  Returns (same, |x - y| as float64, |x - y| / |x| as float64)."""
+  Returns (same, |x - y|, |x - y| / |x|, |x - y| / (atol + rtol |x|)), all float64."""
   if _is_int(x) and _is_int(y):
     xs, ys = [int(v) for v in x.tolist()], [int(v) for v in y.tolist()]
     diff_int = [abs(p - q) for p, q in zip(xs, ys)]
@@ -233,9 +244,10 @@ def _numeric_close(x, y, t):
       same = np.isclose(yv, xv, rtol=t.rtol, atol=t.atol, equal_nan=True)
       diff = np.abs(xv - yv)
     ref = np.abs(xv)
-  with np.errstate(divide='ignore', invalid='ignore'):
-    rel = np.where(ref > 0, diff / np.where(ref > 0, ref, 1.0), np.where(diff > 0, np.inf, 0.0))
-  return same, diff, rel
+  with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+    ratio = lambda den: np.where(den > 0, diff / np.where(den > 0, den, 1.0),
+                                 np.where(diff > 0, np.inf, 0.0))
+    return same, diff, ratio(ref), ratio(t.atol + t.rtol * ref)
 
 
 def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: Sequence[str], rtol=None,
@@ -295,15 +307,16 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: Sequence[str], rtol=N
   columns = [c for c in a.columns if c not in keys]
   applied = {c: one if uniform else (tolerances or {}).get(c, tol_lib.Tolerance())
              for c in columns}
-  bad_cells, info_cells, max_abs, max_rel = [], [], {}, {}
+  bad_cells, info_cells, max_abs, max_rel, max_used = [], [], {}, {}, {}
   for c in columns:
     x, y, t = a[c], b[c], applied[c]
     _check_same_kind(x, y, c, names)
     if len(x) and pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
-      same, diff, rel = _numeric_close(x, y, t)
+      same, diff, rel, used = _numeric_close(x, y, t)
       both = np.isfinite(x.to_numpy(np.float64)) & np.isfinite(y.to_numpy(np.float64))
       max_abs[c] = float(np.max(diff[both])) if both.any() else 0.0
       max_rel[c] = float(np.max(rel[both])) if both.any() else 0.0
+      max_used[c] = float(np.max(used[both])) if both.any() else 0.0
     else:
       xs, ys = x.astype(str).where(x.notna(), '<NA>'), y.astype(str).where(y.notna(), '<NA>')
       same = (xs == ys).to_numpy(bool)
@@ -324,7 +337,7 @@ def compare_frames(a: pd.DataFrame, b: pd.DataFrame, keys: Sequence[str], rtol=N
 
   return Report(keys, len(a), columns, frame(bad_cells), max_abs,
                 one.rtol if uniform else None, one.atol if uniform else None, applied, max_rel,
-                frame(info_cells))
+                frame(info_cells), max_used)
 
 
 def _meta_path(path):
