@@ -610,6 +610,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   keys = [k.strip() for k in args.keys.split(',') if k.strip()]
   try:
+    folders = args.reference or (args.a and os.path.isdir(args.a) and args.b
+                                 and os.path.isdir(args.b))
+    if keys and folders:
+      raise CompareError(f'--keys={args.keys} names the key columns of one table: give two '
+                         f'CSVs (folders use each sidecar\'s keys)')
     if args.reference:
       if args.b is not None:
         raise CompareError('--reference takes one folder (the rerun), compared with the '

@@ -276,6 +276,9 @@ def test_reference_mode_outside_a_checkout_is_one_line(tmp_path, capsys, monkeyp
   code, _, err = _run(capsys, '--reference', tmp_path / 'nope')
   assert code == 2
   _one_error_line(err, 'is not a folder')
+  code, _, err = _run(capsys, '--reference', '--keys=K', tmp_path)
+  assert code == 2
+  _one_error_line(err, '--keys=K names the key columns of one table')
 
 
 def test_regenerated_outputs_do_not_make_the_code_dirty(tmp_path):
