@@ -394,6 +394,8 @@ def read_table(path, name=None):
   shown = name or path
   if os.path.isdir(path):
     raise CompareError(f'{shown} is a folder, not a CSV file (give two files or two folders)')
+  if os.path.exists(path) and not os.path.isfile(path):
+    raise CompareError(f'{shown} is not a regular file (a device, pipe or socket)')
   try:
     frame = io.read_csv(path)
     with open(path, newline='', encoding='utf-8') as f:

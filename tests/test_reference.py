@@ -99,6 +99,7 @@ def test_corrupt_or_non_object_sidecar_is_one_line(tmp_path, capsys, meta, needl
     ('ragged', 'is not a readable CSV'),
     ('missing_key', 'key column(s) Z not in the tables'),
     ('no_arguments', 'give two results CSVs, two folders, or --reference'),
+    ('device', 'is not a regular file'),
 ])
 def test_odd_files_are_one_line(tmp_path, capsys, case, needle):
   good = _write(tmp_path / 'good.csv', 'K,error\n1,0.5\n')
@@ -119,6 +120,8 @@ def test_odd_files_are_one_line(tmp_path, capsys, case, needle):
     args = [good, good, '--keys=Z']
   elif case == 'no_arguments':
     args = [good]
+  elif case == 'device':
+    args = [os.devnull, good]  # today: 'results file /dev/null does not exist'
   code, out, err = _run(capsys, *args)
   assert code == 2 and out == ''
   _one_error_line(err, needle)
