@@ -106,7 +106,7 @@ class Report:
     used = {c: self.max_tolerance_used.get(c, 0.0) for c in finite}
     worst = max(finite, key=lambda c: (used[c], finite[c]))
     rel = self.max_rel_diff.get(worst, np.nan)
-    notes = [f'{rel:.2g} relative'] if np.isfinite(rel) and rel > 0 else []
+    notes = [f'max relative {rel:.2g}'] if np.isfinite(rel) and rel > 0 else []
     if self.rtol is None and np.isfinite(used[worst]):
       notes.append(f'{used[worst]:.0%} of its tolerance')
     notes_txt = f' ({", ".join(notes)})' if notes else ''
@@ -124,22 +124,21 @@ class Report:
             f'beyond {self._tol_text()}{worst}')
 
   def info_summary(self) -> str:
-    """One line on the informational columns ('' when there are none): their largest
+    """One line on the informational columns that moved ('' when none did): their largest
     deviations and how many cells lie beyond their nominal tolerance."""
-    info = self.informational
-    if not info:
-      return ''
     parts = []
-    for c in info:
+    for c in self.informational:
       a, r = self.max_abs_diff.get(c), self.max_rel_diff.get(c)
       n = int((self.info_diffs['column'] == c).sum()) if len(self.info_diffs) else 0
+      if not n and not a:
+        continue
       if a is None:  # a text column
         parts.append(f'{c}: {n} cells differ')
       else:
-        rel = f' ({r:.2g} rel)' if r is not None and np.isfinite(r) else ''
+        rel = f', max relative {r:.2g}' if r is not None and np.isfinite(r) else ''
         parts.append(f'{c}: max |a-b| {a:.3g}{rel}, {n} cells beyond rtol='
                      f'{self.tolerances[c].rtol:g} atol={self.tolerances[c].atol:g}')
-    return 'informational (reported, never a failure): ' + '; '.join(parts)
+    return 'informational (reported, never a failure): ' + '; '.join(parts) if parts else ''
 
   def table(self, max_shown=MAX_SHOWN) -> str:
     """The first ``max_shown`` differing cells as an aligned text table, then a count."""
