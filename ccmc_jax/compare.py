@@ -520,9 +520,9 @@ def compare_dirs(dir_a, dir_b, keys=None, rtol=None, atol=None, shown_a=None, ou
   if code == 0:
     out(f'agree: all {len(common)} tables within {what}')
   else:
+    verb = 'differ beyond' if code == 1 else 'not all comparable within'
     out(f'{"differ" if code == 1 else "error"}: {len(bad)} of {len(common)} tables '
-        f'({", ".join(sorted(bad))}) {"differ beyond" if code == 1 else "not all comparable within"} '
-        f'{what}')
+        f'({", ".join(sorted(bad))}) {verb} {what}')
   return code
 
 

@@ -15,7 +15,8 @@ absolute one. Columns that cannot have a tolerance holding across machines are
 
 * the centred-W error ``error_W`` of sample complexity: when a token is never an answer of some
   query in a trial its MLE score does not exist (it runs to -inf; the ridge holds it finite but
-  far out, on a flat objective), so the gauge-fixed scores move with round-off although ``P`` does not;
+  far out, on a flat objective), so the gauge-fixed scores move with round-off while ``P``
+  does not;
 * statistics of sampled paths (collapse trajectories, generated text; see ``SAMPLED``);
 * timings (benchmarks), and the claims' measured values and formatted ``detail`` text (the
   claims' ``status`` is compared exactly).
