@@ -70,14 +70,17 @@ def test_integer_keys_beyond_2_53_are_matched_exactly(tmp_path, capsys):
   assert code == 1 and 'differ: 1 of 1 rows' in out
 
 
+CORRUPT = ('is not valid JSON', 'is not a readable metadata sidecar')  # compare's, io.read_meta's
+
+
 @pytest.mark.parametrize('meta, needle', [
-    ('{"keys": [', 'is not valid JSON'),
-    ('[1, 2]', 'holds a JSON list, not an object'),
-    ('"text"', 'holds a JSON str, not an object'),
-    ('{"keys": "K"}', '"keys" is not a list of column names'),
-    ('{"tolerances": {"error": {"rtol": -1, "atol": 0}}}', 'rtol=-1 is not a finite number'),
-    ('{"tolerances": [1]}', 'tolerances is a list'),
-    (b'\xff\xfe{', 'is not valid JSON'),
+    ('{"keys": [', CORRUPT),
+    ('[1, 2]', ('JSON list',)),
+    ('"text"', ('JSON str',)),
+    ('{"keys": "K"}', ('"keys" is not a list of column names',)),
+    ('{"tolerances": {"error": {"rtol": -1, "atol": 0}}}', ('rtol=-1 is not a finite number',)),
+    ('{"tolerances": [1]}', ('tolerances is a list',)),
+    (b'\xff\xfe{', CORRUPT),
 ])
 @pytest.mark.parametrize('side', ['a', 'b'])
 def test_corrupt_or_non_object_sidecar_is_one_line(tmp_path, capsys, meta, needle, side):
@@ -87,8 +90,8 @@ def test_corrupt_or_non_object_sidecar_is_one_line(tmp_path, capsys, meta, needl
   meta_path.write_bytes(meta if isinstance(meta, bytes) else meta.encode())
   code, _, err = _run(capsys, *((bad, good) if side == 'a' else (good, bad)))
   assert code == 2
-  _one_error_line(err, needle)
-  assert 'bad.meta.json' in err
+  _one_error_line(err, 'bad.meta.json')
+  assert any(n in err for n in needle), err
 
 
 @pytest.mark.parametrize('case, needle', [
