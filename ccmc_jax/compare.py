@@ -356,8 +356,8 @@ def read_sidecar(path, name=None) -> Optional[dict]:
     return None
   try:
     meta = io.read_meta(meta_path)
-  except io.UserError as e:
-    raise CompareError(str(e)) from None
+  except io.UserError as e:  # io.read_meta's own one line for a corrupt or non-object sidecar
+    raise CompareError(str(e).replace(meta_path, shown)) from None
   except json.JSONDecodeError as e:
     raise CompareError(f'{shown} is not valid JSON ({e.msg}, line {e.lineno} column '
                        f'{e.colno}): fix or delete the sidecar') from None
@@ -520,9 +520,13 @@ def compare_dirs(dir_a, dir_b, keys=None, rtol=None, atol=None, shown_a=None, ou
   if code == 0:
     out(f'agree: all {len(common)} tables within {what}')
   else:
-    verb = 'differ beyond' if code == 1 else 'not all comparable within'
-    out(f'{"differ" if code == 1 else "error"}: {len(bad)} of {len(common)} tables '
-        f'({", ".join(sorted(bad))}) {verb} {what}')
+    failed = {f for f, st in status.items() if st == 2}
+    if failed:
+      out(f'error: {len(failed)} of {len(common)} tables could not be compared '
+          f'({", ".join(sorted(failed))}); {len(bad - failed)} differ beyond {what}')
+    else:
+      out(f'differ: {len(bad)} of {len(common)} tables ({", ".join(sorted(bad))}) differ '
+          f'beyond {what}')
   return code
 
 

@@ -268,7 +268,7 @@ def test_reference_mode_compares_with_the_committed_results(tmp_path, capsys):
   code, out, err = _run(capsys, '--reference', rerun)
   assert code == 2 and 'sample_complexity.csv: error: different rows' in err
   assert "--L_sweep=['5', '20'] vs []" in err
-  assert out.strip().splitlines()[-1].startswith('error: 1 of 1 tables')
+  assert out.strip().splitlines()[-1].startswith('error: 1 of 1 tables could not be compared')
 
 
 def test_reference_mode_outside_a_checkout_is_one_line(tmp_path, capsys, monkeypatch):
