@@ -59,3 +59,6 @@ elif [ "$results_dir" = results ]; then
 else
   python -m experiments.claims --results_dir="$results_dir"
 fi
+if [ "$quick" = 0 ]; then  # results/ was rewritten in place: the reference is the committed one
+  echo "== does it agree with the committed reference? python -m ccmc_jax.compare --reference $results_dir" >&2
+fi

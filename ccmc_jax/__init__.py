@@ -13,7 +13,8 @@ formula: ``docs/theory.md``. Modules, one per concept:
   identifiability  co-occurrence graphs, identifiability test (Thm 3.4), min-norm limit
   positional  position-weighted CCMC (Def. 2.4 / Lemma 2.5), its sampler and joint MLE
   io          atomic results CSVs and metadata sidecars (imported on demand: uses pandas)
-  compare     python -m ccmc_jax.compare A.csv B.csv: results CSVs within a tolerance
+  compare     python -m ccmc_jax.compare --reference: a rerun vs the committed results/
+  tolerances  the measured per-column tolerances of every results CSV (used by compare)
 
 The names below are the public API, one per step of a typical use (README, "Quick start"):
 

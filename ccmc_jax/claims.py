@@ -1,7 +1,7 @@
 """Every claim of the paper (and of this suite), checked from the results CSVs.
 
 A rerun on another machine, seed or JAX version gives CSVs that differ from the committed ones
-by more than round-off, so :mod:`ccmc_jax.compare` (exact agreement) cannot say whether the
+by more than round-off, so :mod:`ccmc_jax.compare` (agreement to round-off) cannot say whether the
 science still holds. This module answers that question: each :class:`Claim` names the paper's
 statement it checks (figure, lemma, theorem, or "beyond the paper"), the CSV(s) it reads, how
 the measured value is computed from them, and the range it must fall in. The ranges are

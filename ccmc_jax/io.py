@@ -180,15 +180,18 @@ def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=
   return df
 
 
-OUTPUT_DIRS = ('results', 'figures')  # tracked outputs: rewriting them does not make code dirty
+# Tracked outputs: rewriting them does not make the code dirty (run_all.sh regenerates the
+# results, the figures and the README's claims table).
+OUTPUT_DIRS = ('results', 'figures', 'README.md')
 
 
 @functools.lru_cache(maxsize=None)
-def git_commit():
+def git_commit(here=None):
   """The git commit of the code ('unknown' outside git), '+dirty' if tracked files other than the
-  outputs (``results/``, ``figures/``) differ from it. Computed once per process (two ``git``
-  subprocesses), so the record is the state of the code when the run started."""
-  here = os.path.dirname(os.path.abspath(__file__))
+  outputs (``OUTPUT_DIRS``) differ from it. Computed once per process (two ``git``
+  subprocesses), so the record is the state of the code when the run started. ``here``: a
+  folder of the checkout (default: this package's)."""
+  here = here or os.path.dirname(os.path.abspath(__file__))
   try:
     run = lambda *a: subprocess.run(['git', *a], cwd=here, capture_output=True, text=True,
                                     timeout=10).stdout.strip()

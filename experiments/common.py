@@ -27,6 +27,7 @@ import pandas as pd
 
 from ccmc_jax import io
 from ccmc_jax import sharding
+from ccmc_jax import tolerances
 from experiments.plots import style
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
@@ -199,7 +200,8 @@ class Results:
     """Mark the results complete in the sidecar, with the wall time."""
     wall = time.time() - self.start
     with uninterrupted():
-      self.write_meta('complete', rows=len(self.frame), wall_time_s=round(wall, 2), **extra)
+      self.write_meta('complete', rows=len(self.frame), wall_time_s=round(wall, 2),
+                      tolerances=tolerances.for_table(self.name), **extra)  # used by compare
     if self._own_run:
       self.run.close()
     return wall
