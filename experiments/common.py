@@ -139,6 +139,7 @@ def flag_values(names):
 
 def progress(msg, start=None):
   """A progress line on stderr: the message and the elapsed time."""
+  check_interrupted()
   elapsed = '' if start is None else f' [{time.time() - start:6.1f} s]'
   print(f'{msg}{elapsed}', file=sys.stderr, flush=True)
 
@@ -180,6 +181,7 @@ class Results:
     """Add rows (a DataFrame, or a dict of columns) and rewrite the CSV atomically (inside
     ``run.unit()``: when the unit ends, with the unit's other tables). Rows of the table with
     the same keys as an added row are replaced."""
+    check_interrupted()
     rows = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
     rows = io.parse_csv_text(io.csv_text(rows))  # as stored: keys compare with the CSV's
     frame = self.frame
@@ -338,7 +340,18 @@ class Run(dict):
       os.close(self._locks.pop())
 
 
-_INTERRUPT = {'depth': 0, 'signal': None}
+_INTERRUPT = {'depth': 0, 'signal': None, 'received': None}
+
+
+def check_interrupted():
+  """Raise KeyboardInterrupt if SIGTERM/SIGINT arrived but its exception was swallowed.
+
+  The handler raises in whatever Python code runs when the signal lands; inside a garbage
+  collector or weakref callback (e.g. JAX's ``_xla_gc_callback``) Python prints "Exception
+  ignored" and carries on. The signal is also recorded, and this re-raises it: called at every
+  progress line, every table write and before a run reports success."""
+  if _INTERRUPT['received'] is not None and not _INTERRUPT['depth']:
+    raise KeyboardInterrupt(f'signal {_INTERRUPT["received"]}')
 
 
 @contextlib.contextmanager
@@ -503,6 +516,7 @@ def enable_compilation_cache():
 
 
 def _raise_interrupt(signum, frame):
+  _INTERRUPT['received'] = signum
   if _INTERRUPT['depth']:  # inside uninterrupted(): raised when the block ends
     _INTERRUPT['signal'] = signum
     return
@@ -598,6 +612,7 @@ def run(entry, quick=None):
         main(entry)
       else:
         entry(argv)
+      check_interrupted()  # a signal whose exception something swallowed: not a success
     except (FlagError, io.UserError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)

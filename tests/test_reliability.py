@@ -89,3 +89,23 @@ def test_sigterm_during_interpreter_shutdown_is_no_traceback_and_not_exit_0(tmp_
   assert 'Exception ignored' not in r.stderr and 'Traceback' not in r.stderr, r.stderr
   assert [l for l in r.stderr.splitlines() if l.strip()] == [
       'interrupted during shutdown, after the run had ended'], r.stderr
+
+
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_run():
+  """SIGTERM landing in a garbage-collector callback (JAX's ``_xla_gc_callback``): Python prints
+  "Exception ignored" and the run went on to exit 0. The handler also records the signal, and
+  the next progress line / table write / the end of the run raises it."""
+  from experiments import common
+  try:
+    try:
+      common._raise_interrupt(signal.SIGTERM, None)
+    except KeyboardInterrupt:
+      pass  # what Python does with an exception raised inside a gc callback
+    with pytest.raises(KeyboardInterrupt):
+      common.progress('a progress line after the swallowed signal')
+    with common.uninterrupted():  # deferred inside a group of writes ...
+      common.check_interrupted()
+    with pytest.raises(KeyboardInterrupt):  # ... and raised after it
+      common.check_interrupted()
+  finally:
+    common._INTERRUPT.update(received=None, signal=None)
