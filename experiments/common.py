@@ -459,6 +459,7 @@ def main(spec: Spec):
   """The main of every experiment: check the flags, run (each table written atomically as it
   grows), record each table's summary in its sidecar, then draw the figure from the CSVs
   alone and save it; with ``--plot_only`` just the last step."""
+  _INTERRUPT['received'] = None  # a new run (in-process callers: a signal of an earlier one)
   paths = csv_paths(*(t.name for t in spec.tables))
   if not FLAGS.plot_only:
     checked, flag_dict = start(spec.validate, spec.flag_names)
@@ -626,6 +627,7 @@ def run(entry, quick=None):
       print(f'error: {message}', file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
+      _INTERRUPT['received'] = None  # delivered
       print('interrupted: the results CSV holds every setting finished so far; '
             'rerun with --resume to complete it', file=sys.stderr)
       sys.exit(130)
