@@ -45,6 +45,7 @@ def test_collapse_vmap_equals_loop_and_example_is_the_sweeps_trial():
     np.testing.assert_array_equal(again[k], sweep[k])
   assert not np.array_equal(other['top1'], sweep['top1'])
   ref = loop(jax.jit(tcol.make_run_trial(K, T, zero_diag=True)), keys)
+  assert not ref.pop('impossible').any()  # the sweep checks it (and drops it) too
   assert_trees_close({k: sweep[k] for k in ref}, ref)
   np.testing.assert_array_equal(sweep['seed'], np.arange(n))
   assert (sweep['top1'] <= sweep['top2'] + 1e-7).all() and (sweep['top2'] <= 1 + 1e-6).all()
