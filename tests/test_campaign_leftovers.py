@@ -88,3 +88,96 @@ def test_trajectory_rows_sizes_checked(tmp_path, column, value):
   df.to_csv(paths[1], index=False)
   with pytest.raises(io.ResultsError, match=f'column {column} has {value:g} at row 5'):
     trajectory_learning.read(*paths)
+
+
+# ---- gpt2_repetition without --hf_model_dir: every flag is still checked ---------------------
+
+@pytest.mark.parametrize('flag,value,needle', [
+    ('steps', -1, '--steps=-1 is invalid'),
+    ('ngram', -1, '--ngram=-1 is invalid'),
+    ('prompt_ids', ['nan'], '--prompt_ids=nan is invalid'),
+    ('prompt_ids', ['3', '-2'], '--prompt_ids=-2 is invalid'),
+    ('results_dir', '/proc/x', '--results_dir=/proc/x is not a writable folder'),
+    ('figures_dir', '<file>/x', '--figures_dir='),
+])
+def test_gpt2_skip_checks_every_flag_first(tmp_path, flag, value, needle):
+  """Before: each of these printed the "skipped" notice and exited 0."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  from experiments import gpt2_repetition  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a folder')
+  if value == '<file>/x':
+    value = f'{blocker}/x'
+  dirs = {'results_dir': str(tmp_path / 'r'), 'figures_dir': str(tmp_path / 'f')}
+  with flagsaver.flagsaver(hf_model_dir='', plot_only=False, **{**dirs, flag: value}):
+    with pytest.raises(common.FlagError) as e:
+      gpt2_repetition.entry([])
+  assert '\n' not in str(e.value) and str(e.value).startswith(needle), str(e.value)
+  assert 'is not a writable folder' in str(e.value) or 'is invalid' in str(e.value)
+  assert not os.path.exists(tmp_path / 'r') and not os.path.exists(tmp_path / 'f')
+  with flagsaver.flagsaver(hf_model_dir='', plot_only=False, **dirs):
+    gpt2_repetition.entry([])  # good flags: the notice, no folder made
+  assert not os.path.exists(tmp_path / 'r') and not os.path.exists(tmp_path / 'f')
+
+
+# ---- collapse --P_file ------------------------------------------------------------------------
+
+def _junk(path):
+  path.write_bytes(b'\x00\xff\xfe\x89PNG\r\n\x1a\n\x00\x00')
+
+
+@pytest.mark.parametrize('make,needle', [
+    (lambda p: p.write_text(''), 'is empty'),
+    (lambda p: p.write_text('\n\n'), 'is not a numeric K x K matrix'),
+    (_junk, 'is not a numeric K x K matrix'),
+    (lambda p: p.write_text('0.5,nan\n0.5,0.5\n'), 'finite'),
+    (lambda p: p.mkdir(), 'is not a file'),
+    (lambda p: p.write_text('0.5,0.5\n'), 'square'),
+    (lambda p: p.write_text('0.5,0.6\n0.5,0.5\n'), 'row-stochastic'),
+    (lambda p: p.write_text('a,b\nc,d\n'), 'is not a numeric K x K matrix'),
+])
+def test_P_file_read_is_one_line_no_warning(tmp_path, make, needle):
+  """Before: an empty file let numpy's UserWarning ("input contained no data", two lines)
+  escape before the error line; now every bad file is one ValueError naming the flag."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  from ccmc_jax import model  # pylint: disable=import-outside-toplevel
+  from ccmc_jax.trials import collapse  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'P.csv'
+  make(path)
+  name = f'--P_file={path}'
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # a warning that escapes fails the test
+    with pytest.raises(ValueError) as e:
+      model.check_stochastic(collapse.read_P_file(str(path), name), name=name)
+  message = str(e.value)
+  assert '\n' not in message and message.startswith(name) and needle in message, message
+
+
+def test_P_file_empty_is_exactly_one_stderr_line(tmp_path):
+  """The campaign's case as a user runs it: exit 2, one line, no file."""
+  from conftest import run_module  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'P.csv'
+  path.write_text('')
+  r = run_module('experiments.collapse', '--quick', f'--P_file={path}', tmp=tmp_path)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: --P_file={path} is empty'), r.stderr
+  assert not os.path.exists(tmp_path / 'results') or not os.listdir(tmp_path / 'results')
+
+
+# ---- the context window in collapse's memory estimate -----------------------------------------
+
+def test_collapse_window_is_in_the_memory_estimate():
+  """Before: --window=10^8 (--quick: seeds=20, K=6) was estimated like --window=0, so the run
+  wrote its sidecars and then died asking XLA for 52 GiB without naming --window. The term
+  is checked against measured peaks in test_memory.MEASURED; here: the refusal names it."""
+  from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
+  terms = memory.collapse(6, 100, 20, window=10 ** 8)
+  assert memory.peak(terms) > 52 * 2 ** 30  # XLA's failed allocation alone was 52.2 GiB
+  assert memory.peak(memory.collapse(6, 100, 20)) < 2 ** 30
+  with pytest.raises(io.UserError, match=r'^--window=100000000 with --seeds=20 needs about'):
+    io.check_memory(terms, io.UserError, total=24 * 2 ** 30)

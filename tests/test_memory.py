@@ -27,6 +27,9 @@ MEASURED = [
     (memory.collapse(500, 2, 200), 1153092 * 1024),
     (memory.collapse(6, 200000, 2), 963316 * 1024),
     (memory.collapse(6, 10, 2), 436520 * 1024),
+    # --quick (T=500, seeds=20) with a context window (campaign: --window=1e8 was not estimated)
+    (memory.collapse(6, 500, 20, window=10 ** 6), 935216 * 1024),
+    (memory.collapse(30, 500, 20, window=200000), 875388 * 1024),
     (memory.sample_complexity(200, 10, 1000, 1, 1000), 1372580 * 1024),
     (memory.sample_complexity(5, 10, 1000000, 4, 1000), 825204 * 1024),
     (memory.sample_complexity(20, 10, 100000, 20, 50000), 951140 * 1024),
