@@ -49,7 +49,9 @@ SETTINGS = [
     ('trajectory_learning', dict(K=20, T=30000, trials=4),
      memory.trajectory_learning(20, 10, 30000, 4)),
     ('collapse_statistics', dict(K=64, L0=8, scale=1, T=30000, seeds=50, batch=50),
-     memory.collapse_statistics(64, 30000, 50, 50)),
+     memory.collapse_statistics(64, 30000, 50, 50, (('K', 64), ('K', 64)))),
+    ('collapse_statistics', dict(K=8, L0=100000, K_base=200, scale=1, T=10, seeds=16),
+     memory.collapse_statistics(200, 10, 50, 16, (('L0', 100000), ('K_base', 200)))),
     ('vocabulary_scaling', dict(K=256, n_over_K2=30, trials=4, min_trials=4),
      memory.vocabulary_scaling(256, 10, 30 * 256 ** 2, 4)),
 ]

@@ -143,12 +143,22 @@ def trajectory_learning(K, L0, T, trials):
   ]
 
 
-def collapse_statistics(K, T, batch, seeds):
+def collapse_statistics(K, T, batch, seeds, prompt=None):
   """``experiments.collapse_statistics``: a vmapped batch of trajectories' (T, K) frequency
-  traces and their winner masks (``min(batch, seeds)`` seeds at once), at the largest K."""
+  traces and their winner masks (``min(batch, seeds)`` seeds at once), at the largest K; and
+  the batch's (L0, K) one-hot prompts (``trajectory.generate``'s start counts), ``prompt``:
+  ``((flag, L0), (flag, K))`` of the cell with the largest L0 * K (measured: 1.24 GB over the
+  base at L0 = 10^5, K = 200, 16 seeds, i.e. ~F32 * seeds * L0 * K; the term is 1.5x that)."""
   size = ('seeds', seeds, 1) if seeds < batch else ('batch', batch, 1)
-  return [Term(2 * F32 * min(batch, seeds) * T * K,
-               'the (T, K) frequency traces of a batch of seeds', (('T', T, 1), size, ('K', K, 1)))]
+  terms = [Term(2 * F32 * min(batch, seeds) * T * K,
+                'the (T, K) frequency traces of a batch of seeds',
+                (('T', T, 1), size, ('K', K, 1)))]
+  if prompt:
+    (l_flag, L0), (k_flag, K_L0) = prompt
+    terms.append(Term(1.5 * F32 * min(batch, seeds) * L0 * K_L0,
+                      'the (L0, K) one-hot prompts of a batch of seeds',
+                      ((l_flag, L0, 1), size, (k_flag, K_L0, 1))))
+  return terms
 
 
 def vocabulary_scaling(K, L, n, trials, trials_flag=None):

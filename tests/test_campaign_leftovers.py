@@ -181,3 +181,19 @@ def test_collapse_window_is_in_the_memory_estimate():
   assert memory.peak(memory.collapse(6, 100, 20)) < 2 ** 30
   with pytest.raises(io.UserError, match=r'^--window=100000000 with --seeds=20 needs about'):
     io.check_memory(terms, io.UserError, total=24 * 2 ** 30)
+
+
+def test_collapse_statistics_prompt_length_is_in_the_memory_estimate():
+  """Before: the (L0, K) one-hot prompts were not estimated: --L0=100000 --K_base=200 with 16
+  seeds peaked at 1.7 GB against a 0.5 GiB estimate (measured in test_memory.MEASURED), and
+  --K_base=1000 --L0=100000 ran into XLA's allocation failure. --batch beyond --seeds is
+  capped by --seeds (a valid setting, not a refusal)."""
+  from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
+  from ccmc_jax.trials import collapse_statistics as cs  # pylint: disable=import-outside-toplevel
+  pads = cs.prompt_pads(cs.settings(['8'], ['8', '100000'], ['1'], 1000))
+  assert pads == {8: 8, 1000: 100000}
+  terms = memory.collapse_statistics(1000, 5000, 50, 200, (('L0', 100000), ('K_base', 1000)))
+  with pytest.raises(io.UserError, match=r'^--L0=100000 with --K_base=1000 needs about .*prompts'):
+    io.check_memory(terms, io.UserError, total=24 * 2 ** 30)
+  capped = memory.collapse_statistics(8, 100000, 10 ** 8, 16, (('K', 8), ('K', 8)))
+  assert memory.peak(capped) < 2 ** 30

@@ -40,6 +40,9 @@ MEASURED = [
     (memory.positional_encoding(5, 8, 1000000, 8, 3, 3, 100, 20, 4), 1.19e9),
     (memory.trajectory_learning(20, 10, 30000, 4), 0.94e9),
     (memory.collapse_statistics(64, 30000, 50, 50), 0.88e9),
+    # --quick --L0=100000 --K_base=200 --T=10 (16 seeds): the (L0, K) one-hot prompts
+    (memory.collapse_statistics(200, 10, 50, 16, (('L0', 100000), ('K_base', 200))),
+     1683848 * 1024),
     (memory.vocabulary_scaling(256, 10, 30 * 256 ** 2, 4), 3.06e9),
 ]
 
