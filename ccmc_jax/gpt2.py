@@ -665,6 +665,22 @@ def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) 
   return ids
 
 
+def check_arguments(prompt_ids: Sequence, steps: int, ngram: int = 4):
+  """The checks of a generation's arguments that need no model folder: ``steps`` and
+  ``ngram`` integers >= 1, each of ``prompt_ids`` an integer >= 0 (the vocabulary's upper
+  bound is checked with the folder, by :func:`prompt_token_ids`). One-line GPT2Error."""
+  _check_count('steps', steps)
+  _check_count('ngram', ngram)
+  for v in prompt_ids:
+    try:
+      ok = int(str(v).strip()) >= 0
+    except ValueError:
+      ok = False
+    if not ok:
+      raise GPT2Error('prompt_ids', f'={v} is invalid: allowed values are token ids, '
+                      'integers >= 0 (below the model\'s vocab_size)')
+
+
 def check_inputs(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
                  ngram: int = 4) -> list:
   """Every argument check of a generation, before any work (reads config.json, the
@@ -673,8 +689,7 @@ def check_inputs(model_dir, prompt: str, prompt_ids: Sequence, steps: int,
   Returns:
     the prompt's token ids.
   """
-  _check_count('steps', steps)
-  _check_count('ngram', ngram)
+  check_arguments(prompt_ids, steps, ngram)
   check_model_dir(model_dir)
   ids = prompt_token_ids(model_dir, prompt, prompt_ids)
   check_model_dir(model_dir, max_tokens=len(ids) + int(steps))

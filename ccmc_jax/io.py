@@ -136,7 +136,7 @@ _VALUE_CHECKS = {
 
 
 def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=(),
-             nonnegative=(), probability=(), finite=(), nan_ok=(), nonempty=False):
+             nonnegative=(), probability=(), finite=(), nan_ok=(), nonempty=False, unique=()):
   """Read a results CSV, checking it exists, has the ``required`` columns and that the
   ``numeric`` ones hold finite-or-NaN numbers. Raises ResultsError with a one-line message.
 
@@ -144,8 +144,10 @@ def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=
   draw instead of drawing it wrongly or crashing: ``positive_int`` (sizes and counts: K, L,
   n, T), ``nonnegative_int`` (indices: trial, seed, token), ``nonnegative`` (errors),
   ``probability`` (shares, probabilities: in [0, 1]) and ``finite``. NaN fails them, except in
-  the ``nan_ok`` columns; ``nonempty`` refuses a header-only file. The message names the file,
-  the column and the row (the file's line number, the header being line 1)."""
+  the ``nan_ok`` columns; ``nonempty`` refuses a header-only file; ``unique`` (the table's key
+  columns) refuses two rows with the same key (a row written twice would be drawn twice). The
+  message names the file, the column and the row (the file's line number, the header being
+  line 1)."""
   if not os.path.isfile(path):
     raise ResultsError(f'results file {path} does not exist')
   try:
@@ -155,7 +157,7 @@ def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=
   checks = {'positive_int': positive_int, 'nonnegative_int': nonnegative_int,
             'nonnegative': nonnegative, 'probability': probability, 'finite': finite}
   checked = [c for cols in checks.values() for c in cols]
-  missing = [c for c in dict.fromkeys([*required, *checked]) if c not in df.columns]
+  missing = [c for c in dict.fromkeys([*required, *checked, *unique]) if c not in df.columns]
   if missing:
     raise ResultsError(f'{path} lacks column(s) {", ".join(missing)} '
                        f'(has: {", ".join(map(str, df.columns))})')
@@ -177,7 +179,23 @@ def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=
         i = int(np.flatnonzero(bad)[0])
         raise ResultsError(f'{path}: column {c} has {v[i]:g} at row {i + 2}: the figure '
                            f'needs {words}{"" if c in nan_ok else " (no NaN)"}')
+  if unique:
+    _check_unique(path, df, list(unique))
   return df
+
+
+def _check_unique(path, df, keys):
+  """ResultsError naming the first key of ``keys`` that two rows of ``df`` share."""
+  repeat = df.duplicated(keys, keep='first').to_numpy()
+  if repeat.any():
+    i = int(np.flatnonzero(repeat)[0])
+    key = df[keys].iloc[i]
+    first = int(np.flatnonzero((df[keys] == key).all(axis=1) |
+                               (df[keys].isna() & key.isna()).all(axis=1))[0])
+    shown = ', '.join(f'{c}={v}' for c, v in key.items())
+    raise ResultsError(f'{path}: row {i + 2} repeats the key {shown} of row {first + 2} '
+                       f'({int(repeat.sum())} repeated row(s); the columns {", ".join(keys)} '
+                       f'must identify a row): rerun the experiment')
 
 
 # Tracked outputs: rewriting them does not make the code dirty (run_all.sh regenerates the

@@ -54,12 +54,18 @@ def _capacity(n, K, multiple=1024):
   return multiple * math.ceil(c / multiple)
 
 
-def collapse(K, T, seeds, variants=2):
+def collapse(K, T, seeds, variants=2, window=0):
   """``experiments.collapse``: the seed sweep (``seeds`` scores and log-chains of K x K, vmapped,
-  with their temporaries; the T uniforms) and the example trajectories (the (T, K) frequency
-  trace of each variant and its ``T * K``-row CSV: ~300 bytes a row in pandas, as text and
-  drawn)."""
+  with their temporaries; the T uniforms; with a context ``window`` each seed's ring buffer of
+  ``window`` tokens and its (window, K) one-hot start counts, ``trajectory.generate``) and the
+  example trajectories (the (T, K) frequency trace of each variant and its ``T * K``-row CSV:
+  ~300 bytes a row in pandas, as text and drawn). Window term measured (peak RSS over
+  ``--window=0``): 0.50 GB at K=6, seeds=20, window=10^6; 0.42 GB at K=30, seeds=20,
+  window=2 x 10^5, i.e. ~F32 * seeds * window * (K + 1); the term doubles that."""
   return [
+      Term(2 * F32 * seeds * window * (K + 1),
+           'the context windows (ring buffers and one-hot counts) of the vmapped seed sweep',
+           (('window', window, 1), ('seeds', seeds, 1), ('K', K, 1))),
       Term(5 * F32 * seeds * K * K, 'the K x K chains of the vmapped seed sweep',
            (('seeds', seeds, 1), ('K', K, 2))),
       Term(2 * F32 * seeds * T, 'the uniforms of the seed sweep',
@@ -137,12 +143,22 @@ def trajectory_learning(K, L0, T, trials):
   ]
 
 
-def collapse_statistics(K, T, batch, seeds):
+def collapse_statistics(K, T, batch, seeds, prompt=None):
   """``experiments.collapse_statistics``: a vmapped batch of trajectories' (T, K) frequency
-  traces and their winner masks (``min(batch, seeds)`` seeds at once), at the largest K."""
+  traces and their winner masks (``min(batch, seeds)`` seeds at once), at the largest K; and
+  the batch's (L0, K) one-hot prompts (``trajectory.generate``'s start counts), ``prompt``:
+  ``((flag, L0), (flag, K))`` of the cell with the largest L0 * K (measured: 1.24 GB over the
+  base at L0 = 10^5, K = 200, 16 seeds, i.e. ~F32 * seeds * L0 * K; the term is 1.5x that)."""
   size = ('seeds', seeds, 1) if seeds < batch else ('batch', batch, 1)
-  return [Term(2 * F32 * min(batch, seeds) * T * K,
-               'the (T, K) frequency traces of a batch of seeds', (('T', T, 1), size, ('K', K, 1)))]
+  terms = [Term(2 * F32 * min(batch, seeds) * T * K,
+                'the (T, K) frequency traces of a batch of seeds',
+                (('T', T, 1), size, ('K', K, 1)))]
+  if prompt:
+    (l_flag, L0), (k_flag, K_L0) = prompt
+    terms.append(Term(1.5 * F32 * min(batch, seeds) * L0 * K_L0,
+                      'the (L0, K) one-hot prompts of a batch of seeds',
+                      ((l_flag, L0, 1), size, (k_flag, K_L0, 1))))
+  return terms
 
 
 def vocabulary_scaling(K, L, n, trials, trials_flag=None):

@@ -18,8 +18,6 @@ experiments.gpt2_repetition.
 """
 from __future__ import annotations
 
-import os
-
 from absl import flags
 import numpy as np
 import pandas as pd
@@ -54,14 +52,9 @@ FLAG_NAMES = ['K', 'T', 'scale', 'seeds', 'variants', 'X0', 'window', 'winner_th
 
 def load_P(path, K):
   """A user-given base chain: .npy or .csv, K x K, row-stochastic (one-line errors)."""
-  if not os.path.isfile(path):
-    raise common.FlagError(f'--P_file={path} does not exist')
   try:
-    P = np.load(path) if path.endswith('.npy') else np.loadtxt(path, delimiter=',', ndmin=2)
-  except (ValueError, OSError) as e:
-    raise common.FlagError(f'--P_file={path} is not a numeric matrix ({e})') from None
-  try:
-    P = model.check_stochastic(P, name=f'--P_file={path}')
+    P = model.check_stochastic(trials.read_P_file(path, f'--P_file={path}'),
+                               name=f'--P_file={path}')
   except ValueError as e:
     raise common.FlagError(str(e)) from None
   if P.shape[0] != K:
@@ -92,7 +85,8 @@ def validate():
     error = trials.zero_diag_context_error([int(x) for x in _X0.value], _WINDOW.value)
     if error:
       raise common.FlagError(error)
-  common.check_memory(memory.collapse(_K.value, _T.value, _SEEDS.value, len(_VARIANTS.value)))
+  common.check_memory(memory.collapse(_K.value, _T.value, _SEEDS.value, len(_VARIANTS.value),
+                                      _WINDOW.value))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   return load_P(_P_FILE.value, _K.value) if _P_FILE.value else None

@@ -72,7 +72,13 @@ def validate():
   common.check_float('winner_threshold', _THRESH.value, 0, 1, lo_open=True)
   common.check_int('batch', _BATCH.value, 1)
   K_max = max([int(k) for k in _K.value] + [_K_BASE.value])
-  common.check_memory(memory.collapse_statistics(K_max, _T.value, _BATCH.value, _SEEDS.value))
+  pads = trials.prompt_pads(trials.settings(_K.value, _L0.value, _SCALE.value, _K_BASE.value))
+  K_p = max(pads, key=lambda k: k * pads[k])  # the compilation with the largest prompts
+  k_flag = 'K_base' if K_p == _K_BASE.value else 'K'
+  prompt = (('L0' if pads[K_p] in [int(l) for l in _L0.value] else k_flag, pads[K_p]),
+            (k_flag, K_p))
+  common.check_memory(memory.collapse_statistics(K_max, _T.value, _BATCH.value, _SEEDS.value,
+                                                 prompt))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
 

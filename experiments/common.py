@@ -110,8 +110,20 @@ def parse_X(name, values, K):
   return np.array([int(v) for v in values], np.int32)
 
 
-def check_writable_dir(name, path):
-  """Require ``path`` to be (creatable as) a writable folder."""
+def check_writable_dir(name, path, create=True):
+  """Require ``path`` to be (creatable as) a writable folder. ``create=False``: create
+  nothing; check the folder, or where it does not exist yet its nearest existing parent."""
+  if not create:
+    probe_dir = os.path.abspath(path)
+    while not os.path.exists(probe_dir):
+      probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+      raise FlagError(f'--{name}={path} is not a writable folder ({probe_dir} is a file)')
+    try:
+      return check_writable_dir(name, probe_dir)
+    except FlagError as e:
+      raise FlagError(f'--{name}={path} is not a writable folder '
+                      f'({str(e).rsplit("(", 1)[1][:-1]} in {probe_dir})') from None
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:

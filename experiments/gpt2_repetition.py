@@ -71,12 +71,20 @@ SPEC = common.Spec(
     message=lambda s: f'{s["repeated_fraction"]:.0%} of the generated tokens repeat an n-gram')
 
 
+def check_without_model():
+  """The flag checks that need no model folder: a skipped run checks them too."""
+  gpt2.check_arguments(_PROMPT_IDS.value, _STEPS.value, _NGRAM.value)
+  for name in ('results_dir', 'figures_dir'):
+    common.check_writable_dir(name, flags.FLAGS[name].value, create=False)
+
+
 def entry(_):
-  if not _HF_DIR.value and not flags.FLAGS.plot_only:
-    common.progress(f'{NAME}: skipped: no --hf_model_dir (a local Hugging Face GPT-2 folder; '
-                    'nothing is downloaded)')
-    return
   try:
+    if not _HF_DIR.value and not flags.FLAGS.plot_only:
+      check_without_model()  # a skipped run still refuses a bad flag
+      common.progress(f'{NAME}: skipped: no --hf_model_dir (a local Hugging Face GPT-2 folder; '
+                      'nothing is downloaded)')
+      return
     common.main(SPEC)
   except gpt2.GPT2Error as e:  # name this script's flag, not the library's argument
     raise common.FlagError(f'--{FLAG_OF.get(e.arg, e.arg)}{e.rest}') from None

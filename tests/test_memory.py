@@ -27,6 +27,9 @@ MEASURED = [
     (memory.collapse(500, 2, 200), 1153092 * 1024),
     (memory.collapse(6, 200000, 2), 963316 * 1024),
     (memory.collapse(6, 10, 2), 436520 * 1024),
+    # --quick (T=500, seeds=20) with a context window (campaign: --window=1e8 was not estimated)
+    (memory.collapse(6, 500, 20, window=10 ** 6), 935216 * 1024),
+    (memory.collapse(30, 500, 20, window=200000), 875388 * 1024),
     (memory.sample_complexity(200, 10, 1000, 1, 1000), 1372580 * 1024),
     (memory.sample_complexity(5, 10, 1000000, 4, 1000), 825204 * 1024),
     (memory.sample_complexity(20, 10, 100000, 20, 50000), 951140 * 1024),
@@ -37,6 +40,9 @@ MEASURED = [
     (memory.positional_encoding(5, 8, 1000000, 8, 3, 3, 100, 20, 4), 1.19e9),
     (memory.trajectory_learning(20, 10, 30000, 4), 0.94e9),
     (memory.collapse_statistics(64, 30000, 50, 50), 0.88e9),
+    # --quick --L0=100000 --K_base=200 --T=10 (16 seeds): the (L0, K) one-hot prompts
+    (memory.collapse_statistics(200, 10, 50, 16, (('L0', 100000), ('K_base', 200))),
+     1683848 * 1024),
     (memory.vocabulary_scaling(256, 10, 30 * 256 ** 2, 4), 3.06e9),
 ]
 

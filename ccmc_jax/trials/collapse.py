@@ -14,6 +14,8 @@ sweep's (lower) median (:func:`median_seed`), so the example is representative o
 from __future__ import annotations
 
 import functools
+import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +100,28 @@ def _check_possible(impossible):
   if np.any(impossible):
     raise ZeroMassError(f'a context held only tokens of probability 0 from its query (pi^X = '
                         f'0/0) in {int(np.count_nonzero(impossible))} trajectory(ies)')
+
+
+def read_P_file(path, name='P_file'):
+  """A matrix from a .npy or comma-separated text file, as float64 (shape and stochasticity
+  are checked by ``model.check_stochastic``). Raises ``ValueError`` with one line starting
+  with ``name``: a missing path, a folder, an empty file, bytes that are no numeric matrix.
+  numpy's warnings (loadtxt's "input contained no data") become that line instead of escaping
+  to stderr."""
+  if not os.path.exists(path):
+    raise ValueError(f'{name} does not exist')
+  if not os.path.isfile(path):
+    raise ValueError(f'{name} is not a file (a K x K matrix, .npy or .csv)')
+  if os.path.getsize(path) == 0:
+    raise ValueError(f'{name} is empty (a K x K matrix, .npy or .csv)')
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      P = np.load(path) if path.endswith('.npy') else np.loadtxt(path, delimiter=',', ndmin=2)
+      return np.asarray(P, dtype=np.float64)
+  except (ValueError, TypeError, OSError, EOFError, Warning) as e:
+    why = ' '.join(str(e).split())[:120]  # one line, whatever bytes the file held
+    raise ValueError(f'{name} is not a numeric K x K matrix ({why!r})') from None
 
 
 def row_without_off_diagonal_mass(P):

@@ -59,13 +59,19 @@ def settings(K, L0, scale, K_base):
   return list(dict.fromkeys(cells))
 
 
+def prompt_pads(cells):
+  """K -> the padded prompt length of that K's compilation (its cells' largest L0)."""
+  pads = {}
+  for _, K, L0, _ in cells:
+    pads[K] = max(L0, pads.get(K, 0))
+  return pads
+
+
 def run_cells(seed, cells, variants, T, seeds, threshold, batch, done=lambda setting: False):
   """Yield the results-table columns of every (cell, variant) whose setting (a dict of sweep,
   K, L0, scale, variant) is not ``done``: one row per seed. A (K, L0, scale, variant) shared
   by two sweeps is computed once."""
-  L0_pad, cache = {}, {}
-  for _, K, L0, _ in cells:
-    L0_pad[K] = max(L0, L0_pad.get(K, 0))
+  L0_pad, cache = prompt_pads(cells), {}
   for sweep, K, L0, scale in cells:
     for variant in variants:
       setting = {'sweep': sweep, 'K': K, 'L0': L0, 'scale': scale, 'variant': variant}

@@ -34,9 +34,11 @@ def plot(csv_path, points_path, example_path):
   plt = style.pyplot()
   df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'prompts'],
                    nonnegative_int=['cross', 'trial', 'count'],
-                   nonnegative=[m for m in METRICS if m != 'count'], nonempty=True)
+                   nonnegative=[m for m in METRICS if m != 'count'], nonempty=True,
+                   unique=KEYS)
   pts = io.read_csv(points_path, required=POINT_KEYS, positive_int=['K', 'L'],
-                    nonnegative_int=['cross', 'trial', 'token'], probability=['attention', 'ccmc'])
+                    nonnegative_int=['cross', 'trial', 'token'], probability=['attention', 'ccmc'],
+                    unique=POINT_KEYS)
   tol = tolerance(csv_path)
   q = example_plots.read_quantities(example_path, tuple(example.QUANTITIES))
   P, X, m = q['P'], q['X'].astype(int), q['m']

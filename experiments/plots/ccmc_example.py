@@ -10,7 +10,8 @@ from experiments.plots import style
 
 def read_quantities(path, names):
   """The example's quantities from a long-format CSV, checking that ``names`` are present."""
-  df = io.read_csv(path, required=example.KEYS, nonnegative_int=['row', 'col'], finite=['value'])
+  df = io.read_csv(path, required=example.KEYS, nonnegative_int=['row', 'col'], finite=['value'],
+                   unique=example.KEYS)
   try:
     q = example.from_columns(*(df[c].to_numpy() for c in example.KEYS + ['value']))
   except ValueError as e:

@@ -17,9 +17,11 @@ TITLES = {'random': 'random P', 'zero_diag': 'same P, zero diagonal'}
 def read(csv_path, seeds_path):
   """The example trajectories and the seed sweep, checked (one-line io.ResultsError)."""
   df = io.read_csv(csv_path, required=KEYS, nonnegative_int=['seed', 'token'],
-                   positive_int=['t'], probability=['frequency', 'emitted'], nonempty=True)
+                   positive_int=['t'], probability=['frequency', 'emitted'], nonempty=True,
+                   unique=KEYS)
   sw = io.read_csv(seeds_path, required=SEED_KEYS, nonnegative_int=['seed'],
-                   positive_int=['K'], probability=['top1', 'top2'], nonempty=True)
+                   positive_int=['K'], probability=['top1', 'top2'], nonempty=True,
+                   unique=SEED_KEYS)
   variants = [v for v in trials.VARIANTS if v in set(df['variant'])]
   if not variants:
     raise io.ResultsError(f'{csv_path} has no rows of a known variant '

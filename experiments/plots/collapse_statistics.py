@@ -26,7 +26,7 @@ def read(csv_path):
   df = io.read_csv(csv_path, required=KEYS + METRICS, numeric=num,
                    positive_int=['K', 'L0', 'T', 'collapse_time'],
                    nonnegative_int=['seed', 'winners'],
-                   nonnegative=['scale'], nonempty=True,
+                   nonnegative=['scale'], nonempty=True, unique=KEYS,
                    probability=['top1', 'top2', 'max_final_freq', 'winner_threshold'])
   sweeps = [s for s in trials.SWEEPS if s in set(df['sweep'])]
   if not sweeps:

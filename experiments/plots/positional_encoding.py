@@ -46,14 +46,15 @@ def _equivalence(ax, eq, tol):
 def plot(csv_path, weights_path, eq_path):
   """Equivalence per cell, error vs n, recovered position weights. Returns the Figure."""
   df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'n'],
-                   nonnegative_int=['cross', 'trial'], nonnegative=['error'], nonempty=True)
+                   nonnegative_int=['cross', 'trial'], nonnegative=['error'], nonempty=True,
+                   unique=KEYS)
   wdf = io.read_csv(weights_path, required=WEIGHT_KEYS, positive_int=['K', 'L', 'n'],
                     nonnegative_int=['cross', 'trial', 'position'],
-                    probability=['w_true', 'w_hat'], nonempty=True)
+                    probability=['w_true', 'w_hat'], nonempty=True, unique=WEIGHT_KEYS)
   # A NaN difference is the equivalence check's failure (reported by the run), not a bad file.
   eq = io.read_csv(eq_path, required=EQ_KEYS, positive_int=['K', 'L', 'prompts'],
                    nonnegative_int=['cross', 'trial'], nonnegative=['max_abs_diff'],
-                   nan_ok=['max_abs_diff'], nonempty=True)
+                   nan_ok=['max_abs_diff'], nonempty=True, unique=EQ_KEYS)
   fig, axes = style.subplots(1, 3, figsize=(18, 5.2), gridspec_kw={'width_ratios': [1.3, 1, 1]})
   _equivalence(axes[0], eq, attention_equivalence.tolerance(eq_path))
 

@@ -17,7 +17,7 @@ def plot(csv_path):
   plt = style.pyplot()
   df = io.read_csv(csv_path, required=KEYS, positive_int=['K', 'L', 'n'],
                    nonnegative_int=['trial'], nonnegative=['error', 'predicted_error'],
-                   nonempty=True)
+                   nonempty=True, unique=KEYS)
   slope = trials.slopes(df)
   L0 = int(df['L'].mode().iloc[0])
   main = df[df['L'] == L0].assign(normalised=lambda d: d['error'] * d['n'] / d['K'] ** 2)

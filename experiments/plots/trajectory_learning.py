@@ -21,9 +21,10 @@ def read(csv_path, rows_path):
   num = ['K', 'L0', 'T', 'trial', 'error', 'visited_rows', 'min_visits']
   df = io.read_csv(csv_path, required=num + ['source'], positive_int=['K', 'L0', 'T'],
                    nonnegative_int=['trial', 'visited_rows', 'min_visits'],
-                   nonnegative=['error'], nonempty=True)
-  rw = io.read_csv(rows_path, required=ROW_KEYS, positive_int=['T'],
-                   nonnegative_int=['row', 'visits'], nonnegative=['row_error'], nonempty=True)
+                   nonnegative=['error'], nonempty=True, unique=KEYS)
+  rw = io.read_csv(rows_path, required=ROW_KEYS, positive_int=['K', 'L0', 'T'],
+                   nonnegative_int=['trial', 'row', 'visits'], nonnegative=['row_error'],
+                   nonempty=True, unique=ROW_KEYS)
   if df.empty or not set(df['source']) & set(trials.SOURCES):
     raise io.ResultsError(f'{csv_path} has no rows of a known source '
                           f'({", ".join(trials.SOURCES)})')

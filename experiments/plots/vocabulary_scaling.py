@@ -17,7 +17,8 @@ def plot(csv_path):
   in the legend; (b) mean error ÷ mean predicted error vs K. Returns the Figure."""
   plt = style.pyplot()
   df = io.read_csv(csv_path, required=COLUMNS, numeric=COLUMNS, positive_int=['K', 'L', 'n'],
-                   nonnegative=['error', 'predicted_error'], nonempty=True)
+                   nonnegative=['error', 'predicted_error'], nonempty=True,
+                   unique=KEYS)
   df = df.assign(normalised=df['error'] * df['n'] / df['K'] ** 2,
                  predicted_normalised=df['predicted_error'] * df['n'] / df['K'] ** 2)
   b = trials.exponents(df)
