@@ -128,3 +128,28 @@ def test_common_parse_flags_suggests_only_script_flags(capsys, typo, near):
     assert f'did you mean {near}' in err, err
   else:
     assert '(see --help)' in err, err
+
+
+# --- compare: the "keys" of a sidecar --------------------------------------------------------
+
+@pytest.mark.parametrize('keys,needle', [
+    ('"K"', 'is not a list of column names'),
+    ('[1]', 'is not a list of column names'),
+    ('[]', 'is not a list of column names'),  # was: silently inferred keys instead
+    ('["K", "K"]', 'is not a list of column names'),  # was: accepted
+    ('[""]', 'is not a list of column names'),
+    ('["zz"]', '"keys" names column(s) zz'),  # was: not naming the sidecar
+])
+@pytest.mark.parametrize('side', ['a', 'b'])
+def test_compare_sidecar_keys_of_the_wrong_shape_is_one_line(tmp_path, capsys, keys, needle,
+                                                             side):
+  from ccmc_jax import compare
+  paths = {s: tmp_path / f'{s}.csv' for s in 'ab'}
+  for p in paths.values():
+    p.write_text('K,x\n1,0.5\n2,0.7\n')
+  (tmp_path / f'{side}.meta.json').write_text(f'{{"keys": {keys}}}')
+  assert compare.main([str(paths['a']), str(paths['b'])]) == 2
+  out = capsys.readouterr()
+  lines = out.err.strip().splitlines()
+  assert out.out == '' and len(lines) == 1, out
+  assert lines[0].startswith(f'error: {tmp_path / side}.meta.json: ') and needle in lines[0]
