@@ -22,6 +22,7 @@ from absl import flags
 
 from ccmc_jax import claims
 from ccmc_jax import io
+from ccmc_jax import text as text_lib
 from experiments import flag_parsing
 
 # The flags of this script alone (not the experiment scripts' --seed, --figures_dir, ... nor
@@ -69,18 +70,10 @@ def read_readme(path):
   """The text of the --readme file, checked (before any work) to be UTF-8 text with one claims
   block."""
   flag = f'--readme={path}'
-  if not os.path.isfile(path):
-    raise Error(f'{flag} is not a file')
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise Error(f'{flag} cannot be read ({e.strerror or e})') from None
-  try:
-    text = data.decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise Error(f'{flag} is not UTF-8 text (byte {e.start}); allowed values are a Markdown '
-                'file with one claims block') from None
+    text = text_lib.read_text_file(path)
+  except text_lib.TextError as e:  # missing, a folder, unreadable, binary, empty
+    raise Error(str(e).replace(path, flag, 1)) from None
   claims.replace_block(text, '', flag)  # one line naming --readme when the markers are wrong
   return text
 

@@ -60,7 +60,7 @@ BAD = [
     (['--readme={t}/binary.md'], '--readme={t}/binary.md ', ['not UTF-8'], []),
     (['--readme={t}/noblock.md'], '--readme={t}/noblock.md ', [claims.README_BEGIN], []),
     (['--readme={t}/twoblocks.md'], '--readme={t}/twoblocks.md ', ['exactly one'], []),
-    (['--readme={t}/nope.md'], '--readme={t}/nope.md ', ['not a file'], []),
+    (['--readme={t}/nope.md'], '--readme={t}/nope.md ', ['does not exist'], []),
     (['--readme={t}'], '--readme={t} ', ['not a file'], []),
     (['--output=/proc/x/claims.csv'], '--output=/proc/x/claims.csv', ['cannot write'], []),
     (['--output={t}/afile/claims.csv'], '--output={t}/afile/claims.csv', ['Not a directory'],
