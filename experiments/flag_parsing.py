@@ -84,5 +84,18 @@ def parse(argv, flag_values=None):
   try:
     return flag_values(argv)
   except flags.Error as e:
-    print(f'error: {message(e, flag_values)}', file=sys.stderr)
-    sys.exit(2)
+    text = message(e, flag_values)
+  except ValueError as e:  # absl's logging flags check some values themselves (--stderrthreshold)
+    text = str(e).splitlines()[0]
+    match = re.match(r"--(\w+) must be one of (?:\(case-insensitive\) )?(.*), not '(.*)'$", text)
+    if match:
+      name, allowed, value = match.groups()
+      text = f'--{name}={value} is invalid: allowed values are {allowed}'
+    elif not text.startswith('-'):  # e.g. "Unknown level: 'b'": name absl's flag that was given
+      own = set(script_flags(flag_values))
+      others = [a for a in argv[1:] if a.startswith('-') and
+                a.lstrip('-').split('=', 1)[0] not in own]
+      if len(others) == 1:
+        text = f'{others[0]} is invalid: {text}'
+  print(f'error: {text}', file=sys.stderr)
+  sys.exit(2)

@@ -130,6 +130,20 @@ def test_common_parse_flags_suggests_only_script_flags(capsys, typo, near):
     assert '(see --help)' in err, err
 
 
+
+@pytest.mark.parametrize('arg,needle', [
+    ('--stderrthreshold=x', "--stderrthreshold=x is invalid: allowed values are 'debug'"),
+    ('--logger_levels=a:b', '--logger_levels=a:b is invalid: '),
+])
+def test_common_parse_flags_absl_logging_flag_values_are_one_line(capsys, arg, needle):
+  """absl's logging flags check some values in a setter (a ValueError, not a flags.Error):
+  one line naming the flag too, not a traceback."""
+  with pytest.raises(SystemExit) as e:
+    common.parse_flags(['script', arg])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and err.startswith(f'error: {needle}'), err
+
 # --- compare: the "keys" of a sidecar --------------------------------------------------------
 
 @pytest.mark.parametrize('keys,needle', [
