@@ -66,6 +66,20 @@ def output_paths():
   return out, md
 
 
+def _check_no_overwrite(results_dir, readme, csv_path, md_path):
+  """Refuse an --output whose table would replace a results CSV read here, or the --readme."""
+  if not csv_path:
+    return
+  written = {os.path.abspath(csv_path), os.path.abspath(md_path)}
+  for name in claims.SCHEMAS:
+    if os.path.abspath(os.path.join(results_dir, f'{name}.csv')) in written:
+      raise Error(f'--output={csv_path} is invalid: it would overwrite the results CSV '
+                  f'{name}.csv that the claims are checked on')
+  if readme and os.path.abspath(readme) in written:
+    raise Error(f'--output={csv_path} is invalid: its Markdown table {md_path} would overwrite '
+                f'--readme={readme}')
+
+
 def read_readme(path):
   """The text of the --readme file, checked (before any work) to be UTF-8 text with one claims
   block."""
@@ -110,6 +124,7 @@ def main(argv):
   readme = _README.value
   text = read_readme(readme) if readme else None
   csv_path, md_path = output_paths()
+  _check_no_overwrite(results_dir, readme, csv_path, md_path)
 
   try:
     results = claims.check(results_dir, quick=_QUICK.value)

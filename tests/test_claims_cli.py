@@ -67,6 +67,10 @@ BAD = [
      ['File exists']),
     (['--output={t}/folder.csv'], '--output={t}/folder.csv ', ['is a folder'], []),
     (['--output={t}/claims.txt'], '--output={t}/claims.txt ', ['ending in .csv'], []),
+    (['--output={t}/results/collapse.csv'], '--output={t}/results/collapse.csv ',
+     ['would overwrite the results CSV collapse.csv'], []),
+    (['--readme={t}/README.md', '--output={t}/README.csv'], '--output={t}/README.csv ',
+     ['would overwrite --readme='], []),
     # A good README and a bad --output: the README must stay as it was.
     (['--readme={t}/README.md', '--output=/proc/x/claims.csv'], '--output=/proc/x/claims.csv',
      ['cannot write'], []),
