@@ -343,6 +343,12 @@ def _meta_path(path):
   return os.path.splitext(path)[0] + '.meta.json'
 
 
+def _column_list(keys):
+  """Whether a sidecar's ``keys`` is a non-empty list of distinct, non-empty column names."""
+  return (isinstance(keys, list) and bool(keys) and len(set(map(repr, keys))) == len(keys)
+          and all(isinstance(k, str) and k for k in keys))
+
+
 def read_sidecar(path, name=None) -> Optional[dict]:
   """The ``.meta.json`` sidecar of results CSV ``path`` as a dict; None when there is none.
 
@@ -372,9 +378,9 @@ def read_sidecar(path, name=None) -> Optional[dict]:
     raise CompareError(f'{shown} holds a JSON {type(meta).__name__}, not an object: fix or '
                        f'delete the sidecar')
   keys = meta.get('keys')
-  if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str)
-                                                              for k in keys)):
-    raise CompareError(f'{shown}: "keys" is not a list of column names ({keys!r:.60})')
+  if keys is not None and not _column_list(keys):
+    raise CompareError(f'{shown}: "keys" is not a list of column names ({keys!r:.60}; allowed: '
+                       f'a non-empty list of distinct non-empty strings)')
   if meta.get('tolerances') is not None:
     try:
       tol_lib.parse(meta['tolerances'])
@@ -461,8 +467,17 @@ def compare_files(path_a, path_b, keys: Optional[Sequence[str]] = None, rtol=Non
   (a, raw_a), (b, raw_b) = read_table(path_a, names[0]), read_table(path_b, names[1])
   meta_a, meta_b = read_sidecar(path_a, names[0]), read_sidecar(path_b, names[1])
   if not keys:
-    keys = ((meta_a or {}).get('keys') or (meta_b or {}).get('keys')
-            or tol_lib.KEYS.get(_table_name(path_a)) or infer_keys(a))
+    sidecar = next(((m['keys'], n) for m, n in ((meta_a, names[0]), (meta_b, names[1]))
+                    if m and m.get('keys')), None)
+    if sidecar is not None:
+      keys, name = sidecar
+      missing = [k for k in keys if k not in a.columns]
+      if missing:  # name the sidecar the keys came from
+        columns = ', '.join(map(str, a.columns))
+        raise CompareError(f'{_meta_path(name)}: "keys" names column(s) {", ".join(missing)} '
+                           f'that the tables do not have (columns: {columns})')
+    else:
+      keys = tol_lib.KEYS.get(_table_name(path_a)) or infer_keys(a)
   recorded = next((m['tolerances'] for m in (meta_a, meta_b)
                    if m and m.get('tolerances') is not None), None)
   tolerances = (tol_lib.parse(recorded) if recorded is not None

@@ -44,7 +44,10 @@ def stage(path, write, mode='w'):
   folder = os.path.dirname(os.path.abspath(path))
   tmp = None
   try:
-    os.makedirs(folder, exist_ok=True)
+    try:
+      os.makedirs(folder, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be: say that, not "File exists"
+      raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder) from None
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
                                suffix='.tmp')
     with os.fdopen(fd, mode, **({} if 'b' in mode else {'newline': ''})) as f:

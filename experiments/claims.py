@@ -22,17 +22,26 @@ from absl import flags
 
 from ccmc_jax import claims
 from ccmc_jax import io
+from ccmc_jax import text as text_lib
+from experiments import flag_parsing
 
-_RESULTS_DIR = flags.DEFINE_string('results_dir', 'results', 'Folder of the results CSVs.')
+# The flags of this script alone (not the experiment scripts' --seed, --figures_dir, ... nor
+# absl's logging flags): a FlagValues of its own, so that tests can run it in-process too.
+FLAGS = flags.FlagValues()
+_RESULTS_DIR = flags.DEFINE_string('results_dir', 'results', 'Folder of the results CSVs.',
+                                   flag_values=FLAGS)
 _QUICK = flags.DEFINE_bool('quick', False, 'The CSVs come from a --quick run: check only the '
-                           'claims that make sense there, with the quick tolerances.')
+                           'claims that make sense there, with the quick tolerances.',
+                           flag_values=FLAGS)
 _OUTPUT = flags.DEFINE_string('output', None, 'The claims CSV (default <results_dir>/claims.csv'
                               '); the Markdown table goes beside it with the suffix .md. Empty '
-                              'string: write neither.')
+                              'string: write neither.', flag_values=FLAGS)
 _README = flags.DEFINE_string('readme', None, 'A Markdown file (e.g. README.md) whose block '
-                              'between the claims markers is replaced by the table.')
+                              'between the claims markers is replaced by the table.',
+                              flag_values=FLAGS)
 _REQUIRE_ALL = flags.DEFINE_bool('require_all', False, 'Exit 1 when a claim is NOT RUN too '
-                                 '(every CSV must be there).')
+                                 '(every CSV must be there).', flag_values=FLAGS)
+_HELP = ('--help', '-h', '-?', '--helpshort', '--helpfull')
 
 
 class Error(ValueError):
@@ -40,40 +49,101 @@ class Error(ValueError):
 
 
 def output_paths():
+  """The claims CSV and Markdown paths of --output (None, None: write neither)."""
   out = _OUTPUT.value
   if out is None:
     out = os.path.join(_RESULTS_DIR.value, 'claims.csv')
   if not out:
     return None, None
+  flag = f'--output={out}' if _OUTPUT.value is not None else f'--results_dir={_RESULTS_DIR.value}'
   if not out.endswith('.csv'):
-    raise Error(f'--output={out} is invalid: allowed values are a path ending in .csv, or ""')
-  return out, out[:-len('.csv')] + '.md'
+    raise Error(f'{flag} is invalid: allowed values are a path ending in .csv, or ""')
+  md = out[:-len('.csv')] + '.md'
+  for path in (out, md):
+    if os.path.isdir(path):
+      raise Error(f'{flag} is invalid: {path} is a folder (allowed values are a path ending in '
+                  '.csv, or "")')
+  return out, md
+
+
+def _check_no_overwrite(results_dir, readme, csv_path, md_path):
+  """Refuse an --output whose table would replace a results CSV read here, or the --readme."""
+  if not csv_path:
+    return
+  written = {os.path.abspath(csv_path), os.path.abspath(md_path)}
+  for name in claims.SCHEMAS:
+    if os.path.abspath(os.path.join(results_dir, f'{name}.csv')) in written:
+      raise Error(f'--output={csv_path} is invalid: it would overwrite the results CSV '
+                  f'{name}.csv that the claims are checked on')
+  if readme and os.path.abspath(readme) in written:
+    raise Error(f'--output={csv_path} is invalid: its Markdown table {md_path} would overwrite '
+                f'--readme={readme}')
+
+
+def read_readme(path):
+  """The text of the --readme file, checked (before any work) to be UTF-8 text with one claims
+  block."""
+  flag = f'--readme={path}'
+  try:
+    text = text_lib.read_text_file(path)
+  except text_lib.TextError as e:  # missing, a folder, unreadable, binary, empty
+    raise Error(str(e).replace(path, flag, 1)) from None
+  claims.replace_block(text, '', flag)  # one line naming --readme when the markers are wrong
+  return text
+
+
+def write_all(files):
+  """Write each ``(flag, path, text)`` of ``files``: all staged as temporary files first, so a
+  failure (one line naming the flag) leaves no file written, then each renamed onto its path."""
+  staged = []
+  try:
+    for flag, path, text in files:
+      try:
+        staged.append((flag, io.stage(path, lambda f, text=text: f.write(text)), path))
+      except io.ResultsError as e:
+        raise Error(f'{flag}: {e}') from None
+    while staged:
+      flag, tmp, path = staged[0]
+      try:
+        io.replace(tmp, path)
+      except io.ResultsError as e:
+        raise Error(f'{flag}: {e}') from None
+      staged.pop(0)
+  finally:
+    for _, tmp, _ in staged:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
 
 
 def main(argv):
   if len(argv) > 1:
     raise Error(f'unexpected arguments {" ".join(argv[1:])} (flags look like --quick)')
-  if not os.path.isdir(_RESULTS_DIR.value):
-    raise Error(f'--results_dir={_RESULTS_DIR.value} is not a folder')
+  results_dir = _RESULTS_DIR.value
+  if not os.path.isdir(results_dir):
+    raise Error(f'--results_dir={results_dir} is not a folder')
   readme = _README.value
-  if readme and not os.path.isfile(readme):
-    raise Error(f'--readme={readme} is not a file')
+  text = read_readme(readme) if readme else None
   csv_path, md_path = output_paths()
+  _check_no_overwrite(results_dir, readme, csv_path, md_path)
 
-  results = claims.check(_RESULTS_DIR.value, quick=_QUICK.value)
+  try:
+    results = claims.check(results_dir, quick=_QUICK.value)
+  except OSError as e:  # a CSV that is there but cannot be read (a folder, no permission)
+    raise Error(f'--results_dir={results_dir}: cannot read {e.filename} '
+                f'({e.strerror or e})') from None
   print(claims.to_text(results))
-  source = _RESULTS_DIR.value + (' (--quick)' if _QUICK.value else '')
+  source = results_dir + (' (--quick)' if _QUICK.value else '')
   table = claims.to_markdown(results, source=source)
-  new_readme = None
-  if readme:
-    with open(readme, encoding='utf-8') as f:
-      new_readme = claims.replace_block(f.read(), table, readme)  # checked before any write
+  files = []
   if csv_path:
-    io.write_csv(claims.to_frame(results), csv_path)
-    io.atomic_write_text(md_path, table)
+    flag = f'--output={_OUTPUT.value}' if _OUTPUT.value else f'--results_dir={results_dir}'
+    files += [(flag, csv_path, io.csv_text(claims.to_frame(results))), (flag, md_path, table)]
+  if text is not None:
+    files.append((f'--readme={readme}', readme, claims.replace_block(text, table, readme)))
+  write_all(files)
+  if csv_path:
     print(f'wrote {csv_path} and {md_path}', file=sys.stderr)
-  if new_readme is not None:
-    io.atomic_write_text(readme, new_readme)
+  if text is not None:
     print(f'refreshed the claims block of {readme}', file=sys.stderr)
   return claims.exit_status(results, _REQUIRE_ALL.value)
 
@@ -81,18 +151,18 @@ def main(argv):
 def run(argv=None):
   """Parse the flags and run ``main``; exits 0/1 (claims), or 2 with one line on bad input."""
   argv = sys.argv if argv is None else argv
-  if {'--help', '-h', '--helpshort', '--helpfull'} & set(argv[1:]):
-    print(__doc__ + '\nflags:\n' + flags.FLAGS.module_help(__name__ if __name__ != '__main__'
-                                                           else sys.argv[0]))
+  if set(_HELP) & set(argv[1:]):
+    print(__doc__ + '\nflags:\n' + FLAGS.get_help(include_special_flags=False))
     sys.exit(0)
+  FLAGS.unparse_flags()  # defaults for the flags not given (a second run in one process)
+  rest = flag_parsing.parse(argv, FLAGS)
   try:
-    rest = flags.FLAGS(argv)
     status = main(rest)
-  except flags.Error as e:
-    print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
-    sys.exit(2)
-  except (Error, io.ResultsError, OSError) as e:
+  except (Error, io.UserError) as e:
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # not expected: every file above is checked; still one line
+    print(f'error: cannot use {e.filename} ({e.strerror or e})', file=sys.stderr)
     sys.exit(2)
   sys.exit(status)
 

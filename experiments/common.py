@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import glob
 import math
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -28,6 +26,7 @@ import pandas as pd
 from ccmc_jax import io
 from ccmc_jax import sharding
 from ccmc_jax import tolerances
+from experiments import flag_parsing
 from experiments.plots import style
 
 flags.DEFINE_integer('seed', 0, 'Root PRNG seed; trial i uses fold_in(setting key, i).')
@@ -539,42 +538,10 @@ def _raise_interrupt(signum, frame):
 MAX_SEED = 2**32 - 1  # JAX's default PRNG keeps 32 bits of the seed: larger seeds would alias
 
 
-_FLAG_TYPES = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
-               'string': 'a string', 'comma separated list of strings': 'a comma-separated list'}
-
-
-def _accepts(flag):
-  """What a flag accepts, in words (for the one-line parse errors)."""
-  parser = flag.parser
-  if getattr(parser, 'enum_values', None):
-    return 'one of ' + ', '.join(parser.enum_values)
-  kind = _FLAG_TYPES.get(parser.flag_type(), parser.flag_type())
-  low, high = getattr(parser, 'lower_bound', None), getattr(parser, 'upper_bound', None)
-  if low is not None or high is not None:
-    kind += f' in [{"-inf" if low is None else low}, {"inf" if high is None else high}]'
-  return kind
-
-
 def parse_flags(argv):
   """``absl``'s flag parsing with its errors as one line (exit 2): the flag, what it accepts,
-  and for an unknown flag the nearest known ones."""
-  try:
-    return FLAGS(argv)
-  except flags.UnrecognizedFlagError as e:
-    name = e.flagname
-    near = difflib.get_close_matches(name, list(FLAGS), n=3, cutoff=0.6)
-    hint = f': did you mean {", ".join("--" + n for n in near)}?' if near else ' (see --help)'
-    message = f'--{name} is not a flag of this script{hint}'
-  except flags.Error as e:
-    text = (str(e) or type(e).__name__).splitlines()[0]
-    match = re.match(r'flag --([^=:\s]+)=(.*?): ', text)  # absl: "flag --K=abc: why"
-    if match and match.group(1) in FLAGS:
-      name, value = match.groups()
-      message = f'--{name}={value} is invalid: allowed values are {_accepts(FLAGS[name])}'
-    else:
-      message = text
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  and for an unknown flag the nearest flags of the script (``experiments.flag_parsing``)."""
+  return flag_parsing.parse(argv, FLAGS)
 
 
 def _exit_during_shutdown(signum, frame):
