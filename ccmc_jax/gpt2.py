@@ -47,14 +47,17 @@ class GPT2Error(UserError):
     super().__init__(arg + rest)
 
 
+MAX_COUNT = 1024  # GPT-2's context (n_positions): no generation or n-gram is longer
+
+
 def _check_count(arg, value):
-  """Require an integer >= 1 (a one-line GPT2Error naming the argument otherwise)."""
+  """Require an integer in [1, MAX_COUNT] (a one-line GPT2Error naming the argument otherwise)."""
   try:
-    ok = int(value) == float(value) and int(value) >= 1
-  except (TypeError, ValueError):
+    ok = int(value) == float(value) and 1 <= int(value) <= MAX_COUNT
+  except (TypeError, ValueError, OverflowError):
     ok = False
   if not ok:
-    raise GPT2Error(arg, f'={value} is invalid: allowed values are an integer >= 1')
+    raise GPT2Error(arg, f'={value} is invalid: allowed values are an integer in [1, {MAX_COUNT}]')
 
 
 def _fail(model_dir, msg):
@@ -667,7 +670,7 @@ def prompt_token_ids(model_or_dir, prompt: str = '', prompt_ids: Sequence = ()) 
 
 def check_arguments(prompt_ids: Sequence, steps: int, ngram: int = 4):
   """The checks of a generation's arguments that need no model folder: ``steps`` and
-  ``ngram`` integers >= 1, each of ``prompt_ids`` an integer >= 0 (the vocabulary's upper
+  ``ngram`` integers in [1, 1024], each of ``prompt_ids`` an integer >= 0 (the vocabulary's upper
   bound is checked with the folder, by :func:`prompt_token_ids`). One-line GPT2Error."""
   _check_count('steps', steps)
   _check_count('ngram', ngram)

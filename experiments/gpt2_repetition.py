@@ -29,7 +29,7 @@ _PROMPT = flags.DEFINE_string('prompt', 'The meaning of life is',
                               'Text prompt GPT-2 continues greedily.')
 _PROMPT_IDS = flags.DEFINE_list('prompt_ids', [], 'The prompt as token ids instead (for '
                                 'folders without vocab.json/merges.txt).')
-_STEPS = flags.DEFINE_integer('steps', 200, 'Tokens GPT-2 generates, >= 1 (prompt + steps <= '
+_STEPS = flags.DEFINE_integer('steps', 200, 'Tokens GPT-2 generates, in [1, 1024] (prompt + steps <= '
                               'the model\'s n_positions).')
 _NGRAM = flags.DEFINE_integer('ngram', 4, 'A generated token is a repetition when the n-gram '
                               'ending at it occurred earlier; n >= 1.')
