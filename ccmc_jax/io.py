@@ -82,6 +82,30 @@ def atomic_write(path, write, mode='w'):
   replace(stage(path, write, mode), path)
 
 
+def atomic_write_texts(files):
+  """Write each ``(label, path, text)`` of ``files`` as a group: every file is staged first, so a
+  failure (one-line ResultsError starting with its ``label``, e.g. the flag that named the
+  path) leaves none of them written; then each is renamed onto its path."""
+  staged = []
+  try:
+    for label, path, text in files:
+      try:
+        staged.append((label, stage(path, lambda f, text=text: f.write(text)), path))
+      except ResultsError as e:
+        raise ResultsError(f'{label}: {e}') from None
+    while staged:
+      label, tmp, path = staged[0]
+      try:
+        replace(tmp, path)
+      except ResultsError as e:
+        raise ResultsError(f'{label}: {e}') from None
+      staged.pop(0)
+  finally:
+    for _, tmp, _ in staged:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+
+
 def atomic_write_text(path, text):
   """:func:`atomic_write` of a text."""
   atomic_write(path, lambda f: f.write(text))

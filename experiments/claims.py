@@ -92,29 +92,6 @@ def read_readme(path):
   return text
 
 
-def write_all(files):
-  """Write each ``(flag, path, text)`` of ``files``: all staged as temporary files first, so a
-  failure (one line naming the flag) leaves no file written, then each renamed onto its path."""
-  staged = []
-  try:
-    for flag, path, text in files:
-      try:
-        staged.append((flag, io.stage(path, lambda f, text=text: f.write(text)), path))
-      except io.ResultsError as e:
-        raise Error(f'{flag}: {e}') from None
-    while staged:
-      flag, tmp, path = staged[0]
-      try:
-        io.replace(tmp, path)
-      except io.ResultsError as e:
-        raise Error(f'{flag}: {e}') from None
-      staged.pop(0)
-  finally:
-    for _, tmp, _ in staged:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-
-
 def main(argv):
   if len(argv) > 1:
     raise Error(f'unexpected arguments {" ".join(argv[1:])} (flags look like --quick)')
@@ -140,7 +117,7 @@ def main(argv):
     files += [(flag, csv_path, io.csv_text(claims.to_frame(results))), (flag, md_path, table)]
   if text is not None:
     files.append((f'--readme={readme}', readme, claims.replace_block(text, table, readme)))
-  write_all(files)
+  io.atomic_write_texts(files)  # all staged first: a failure writes none
   if csv_path:
     print(f'wrote {csv_path} and {md_path}', file=sys.stderr)
   if text is not None:
