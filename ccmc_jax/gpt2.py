@@ -676,12 +676,12 @@ def check_arguments(prompt_ids: Sequence, steps: int, ngram: int = 4):
   _check_count('ngram', ngram)
   for v in prompt_ids:
     try:
-      ok = int(str(v).strip()) >= 0
+      ok = 0 <= int(str(v).strip()) < 2**31  # int32 token ids; the vocab bound needs the folder
     except ValueError:
       ok = False
     if not ok:
       raise GPT2Error('prompt_ids', f'={v} is invalid: allowed values are token ids, '
-                      'integers >= 0 (below the model\'s vocab_size)')
+                      'integers in [0, 2^31 - 1] (below the model\'s vocab_size)')
 
 
 def check_inputs(model_dir, prompt: str, prompt_ids: Sequence, steps: int,

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -527,8 +528,22 @@ def enable_compilation_cache():
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
+def _in_gc_callback(frame):
+  """Whether the signal landed in a garbage-collector callback or finaliser (JAX registers
+  ``_xla_gc_callback``), where Python would print the KeyboardInterrupt as "Exception ignored"
+  and carry on."""
+  while frame is not None:
+    if frame.f_code.co_name in ('_xla_gc_callback', '__del__'):
+      return True
+    frame = frame.f_back
+  return False
+
+
 def _raise_interrupt(signum, frame):
   _INTERRUPT['received'] = signum
+  if _in_gc_callback(frame):  # deliver it again in 10 ms, once the callback has returned
+    threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+    return
   if _INTERRUPT['depth']:  # inside uninterrupted(): raised when the block ends
     _INTERRUPT['signal'] = signum
     return

@@ -109,3 +109,27 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_the_run():
       common.check_interrupted()
   finally:
     common._INTERRUPT.update(received=None, signal=None)
+
+
+def test_a_signal_landing_in_jax_gc_callback_is_delivered_again_after_it(monkeypatch):
+  """Raised inside JAX's gc callback the KeyboardInterrupt would be printed as "Exception
+  ignored in: <function _xla_gc_callback>" (a traceback on stderr); the handler records it and
+  sends the signal again once the callback has returned."""
+  import sys
+  import threading
+  from experiments import common
+  resent = []
+  monkeypatch.setattr(threading, 'Timer', lambda delay, fn, args: type(
+      't', (), {'start': lambda self: resent.append((delay, fn, args))})())
+
+  def _xla_gc_callback():  # named like JAX's: the handler sees this frame
+    common._raise_interrupt(signal.SIGTERM, sys._getframe())
+
+  try:
+    _xla_gc_callback()  # no KeyboardInterrupt inside the callback
+    assert common._INTERRUPT['received'] == signal.SIGTERM
+    assert resent == [(0.01, os.kill, (os.getpid(), signal.SIGTERM))]
+    with pytest.raises(KeyboardInterrupt):
+      common._raise_interrupt(signal.SIGTERM, sys._getframe())  # elsewhere: raised at once
+  finally:
+    common._INTERRUPT.update(received=None, signal=None)
