@@ -275,17 +275,24 @@ def check_memory(terms, error=ValueError, fraction=0.7, total=None):
               f'this machine\'s {_size(total)}: lower {lower}')
 
 
-def out_of_memory(exc):
+def out_of_memory(exc, terms=None):
   """One line for an allocation failure raised during a run (numpy's MemoryError, XLA's
-  ``RESOURCE_EXHAUSTED``), or None when ``exc`` is not one."""
+  ``RESOURCE_EXHAUSTED``), or None when ``exc`` is not one. With the run's memory ``terms``
+  (``ccmc_jax.memory``), the line names the estimate and the flags that drive it."""
   text = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
   if not (isinstance(exc, MemoryError) or 'RESOURCE_EXHAUSTED' in text
           or 'out of memory' in text.lower()):
     return None
   match = re.search(r'allocat\w* (\d+) bytes', text)
   what = f'{_size(int(match.group(1)))} could not be allocated' if match else 'an allocation failed'
-  return (f'out of memory: {what} (more than the flags\' estimate); lower the sizes of the run '
-          '(K, n, T, trials, seeds); the results CSV holds every setting finished so far')
+  lower = 'lower the sizes of the run (K, n, T, trials, seeds)'
+  if terms:
+    from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
+    flags = memory.driving_flags(max(terms, key=lambda t: t.bytes))
+    lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
+    what += f' (the run was estimated at {_size(memory.peak(terms))}, mostly {lead})'
+    lower = f'lower {" or ".join(f"--{name}" for name, _, _ in flags)}, or free memory'
+  return f'out of memory: {what}; {lower}; the results CSV holds every setting finished so far'
 
 
 def _size(nbytes):

@@ -138,9 +138,14 @@ def check_writable_dir(name, path, create=True):
     raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
 
 
+_MEMORY_TERMS = []  # the run's estimate (check_memory), named when an allocation fails
+
+
 def check_memory(terms, fraction=0.7):
   """Refuse settings whose estimated peak memory (``ccmc_jax.memory`` terms) exceeds
-  ``fraction`` of physical memory: one line naming the flags that drive it."""
+  ``fraction`` of physical memory: one line naming the flags that drive it. The terms are kept
+  for the message of an allocation failure during the run."""
+  _MEMORY_TERMS[:] = list(terms)
   io.check_memory(terms, FlagError, fraction)
 
 
@@ -615,7 +620,7 @@ def run(entry, quick=None):
       print(f'FAILED: {e}', file=sys.stderr)
       sys.exit(1)
     except (MemoryError, RuntimeError) as e:  # XLA's RESOURCE_EXHAUSTED is a RuntimeError
-      message = io.out_of_memory(e)
+      message = io.out_of_memory(e, _MEMORY_TERMS)
       if message is None:
         raise
       print(f'error: {message}', file=sys.stderr)

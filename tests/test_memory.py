@@ -138,3 +138,15 @@ def test_out_of_memory_message():
   assert io.out_of_memory(ValueError('x')) is None
   line = io.out_of_memory(MemoryError('Unable to allocate 3.2 GiB for an array'))
   assert line.startswith('out of memory') and '\n' not in line
+
+
+def test_out_of_memory_message_names_the_flags_of_the_estimate():
+  # collapse --K=1000 --seeds=200 --T=2 under a smaller memory cap than the machine's: the line
+  # said only "(more than the flags' estimate)" and named no flag.
+  terms = memory.collapse(1000, 2, 200)
+  line = io.out_of_memory(RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 3200810752 '
+                                       'bytes.'), terms)
+  assert line.startswith('out of memory: 2.98 GiB could not be allocated (the run was estimated '
+                         'at '), line
+  assert '--K=1000 with --seeds=200' in line and 'lower --K or --seeds' in line, line
+  assert '\n' not in line
