@@ -23,7 +23,7 @@ from absl import flags
 from ccmc_jax import claims
 from ccmc_jax import io
 from ccmc_jax import text as text_lib
-from experiments import flag_parsing
+from experiments import common
 
 # The flags of this script alone (not the experiment scripts' --seed, --figures_dir, ... nor
 # absl's logging flags): a FlagValues of its own, so that tests can run it in-process too.
@@ -132,7 +132,7 @@ def run(argv=None):
     print(__doc__ + '\nflags:\n' + FLAGS.get_help(include_special_flags=False))
     sys.exit(0)
   FLAGS.unparse_flags()  # defaults for the flags not given (a second run in one process)
-  rest = flag_parsing.parse(argv, FLAGS)
+  rest = common.parse_flags(argv, FLAGS)
   try:
     status = main(rest)
   except (Error, io.UserError) as e:
