@@ -34,6 +34,7 @@ experiments=(
   trajectory_learning
   gpt2_repetition
   real_text
+  attention_training
 )
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do

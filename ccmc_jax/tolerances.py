@@ -122,6 +122,18 @@ TABLES = {
         'train_copy_fraction': ROUNDOFF, 'ridge': EXACT, 'ridge_grid': EXACT,
         'validation_nll_grid': INFO,  # numbers formatted as text: the last digit may round
         'smoothing': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT},
+    # Training the attention layer (issue 19). Not yet measured across emulated machines: set
+    # from the stop rule. A converged run's NLL moves with round-off by ~1e-7 relative; the
+    # untied layer is not convex (a last-bit change can move an Adam path), so NLLs and errors
+    # get 1e-4 / 1e-3 relative; the steps of a gradient-norm stop rule and the final gradient
+    # norm are informational, as are the loss curves (optimizer paths).
+    'attention_training': {
+        'seed': EXACT, 'd': EXACT, 'train_nll': Tolerance(1e-4, 1e-6),
+        'heldout_nll': Tolerance(1e-4, 1e-6), 'heldout_nll_true': ROUNDOFF,
+        'error': Tolerance(1e-3, 1e-9), 'steps': _info(0.0, 5.0),
+        'grad_norm': _info(1.0, 1e-6)},
+    'attention_training_curves': {'seed': EXACT, 'objective': _info(1e-4, 1e-6),
+                                  'excess': _info(0.0, 1e-4)},
     # The claims: the verdict is exact; measured values move with the tables they summarise.
     'claims': {'reference': EXACT, 'claim': EXACT, 'csv': EXACT, 'expected': EXACT,
                'status': EXACT, 'measured': _info(1e-2, 1e-6), 'detail': INFO},
