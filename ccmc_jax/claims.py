@@ -52,6 +52,7 @@ SCHEMAS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]] = {
                            ()),
     'real_text': (('seq_rep_4',), ('source',)),
     'real_text_fit': (('heldout_nll',), ('model',)),
+    'train_lm': (('step', 'validation_nll', 'bigram_nll', 'unigram_nll'), ()),
 }
 
 
@@ -570,6 +571,17 @@ def m_real_rep(f):
   return values, 'mean seq_rep_4 ' + ', '.join(f'{k}: {v:.3g}' for k, v in rep.items())
 
 
+def m_lm_nll(f):
+  d = f['train_lm']
+  last = d[d['step'] == _max(d['step'])]
+  if last.empty:
+    return {}, ''
+  r = last.iloc[0]
+  return ({'LM - bigram chain': float(r['validation_nll'] - r['bigram_nll'])},
+          f'validation NLL per token at step {int(r["step"])}: LM {r["validation_nll"]:.4g}, '
+          f'bigram {r["bigram_nll"]:.4g}, unigram {r["unigram_nll"]:.4g} nats')
+
+
 # ----------------------------------------------------------------------------- the claims
 
 SLOPE = Range(-1.15, -0.85)
@@ -708,6 +720,13 @@ CLAIMS: List[Claim] = [
     Claim('real_text.repetition', 'Fig. 5 (left) mechanism on real text (beyond the paper)',
           'The CCMC trained on prose repeats itself: mean seq_rep_4 of ccmc ÷ corpus and ÷ '
           'bigram', ('real_text',), m_real_rep, Range(3), None, TARGET),
+    Claim('train_lm.below_bigram', 'Fig. 5 (left) model (beyond the paper)',
+          'The GPT-2-architecture LM trained here predicts held-out text better than the bigram '
+          'chain: its validation NLL per token minus the bigram chain\'s, at the last step',
+          ('train_lm',), m_lm_nll, Range(hi=-0.1), None,
+          'measured -0.58 nats (validation 3.49 vs 4.07; held-out 3.34 vs 3.96: -0.61; the '
+          'issue\'s calibration run -0.49): an LM not 0.1 nats better than a bigram chain has '
+          'not learnt from the context; the --quick model (30 steps) is too small to check'),
 ]
 
 

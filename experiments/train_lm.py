@@ -113,8 +113,14 @@ def validate():
     except (lm.CheckpointError, gpt2.GPT2Error) as e:
       raise common.FlagError(f'--resume: {e}; rerun without --resume') from None
     state = None
-  elif state is not None:
-    lm.check_digests(model_dir(), state, ('model.safetensors',))
+  elif state is not None:  # complete: reuse it when its weights are the recorded ones
+    try:
+      lm.check_digests(model_dir(), state, ('model.safetensors',))
+    except lm.CheckpointError as e:
+      if flags.FLAGS.resume:
+        raise common.FlagError(f'--resume: {e}; rerun without --resume') from None
+      common.progress(f'{NAME}: --reuse: {e}: training')
+      state = None
   return data, train_lm.baselines(data), ckpt, state
 
 

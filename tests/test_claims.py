@@ -41,6 +41,10 @@ def synthetic(name):
     return pd.DataFrame({'model': ['mle', 'uniform_P', 'bigram_P'],
                          'heldout_nll': [1.2, 1.6, 1.4], 'n_train': 1000, 'n_heldout': 100,
                          'copy_fraction': 0.4})
+  if name == 'train_lm':
+    return pd.DataFrame({'step': [0, 100, 200], 'train_loss': [7.6, 4.5, 4.0],
+                         'validation_nll': [7.6, 4.6, 4.1], 'bigram_nll': 4.5,
+                         'unigram_nll': 5.3})
   raise KeyError(name)
 
 
@@ -233,6 +237,11 @@ def p_real_rep(f):
        d[d['source'] == 'ccmc']['seq_rep_4'].mean() / 2)
 
 
+def p_lm_nll(f):
+  d = f['train_lm']
+  _set(d, d['step'] == d['step'].max(), 'validation_nll', d['bigram_nll'] + 0.01)
+
+
 PERTURB = {
     'fig1.closed_form': p_fig1,
     'fig2.attention_is_ccmc': p_attention,
@@ -266,6 +275,7 @@ PERTURB = {
     'vocab.K_max': p_vocab_max,
     'real_text.heldout_nll': p_real_nll,
     'real_text.repetition': p_real_rep,
+    'train_lm.below_bigram': p_lm_nll,
 }
 
 

@@ -276,3 +276,91 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path, trained):
     f.write('{"step": 2, "hist')
   with pytest.raises(lm.CheckpointError, match='training.json is not readable JSON'):
     lm.read_state(folder)
+
+
+# ------------------------------------------------------------------------- the command line
+
+def snapshot(folder):
+  return {p: open(os.path.join(folder, p), 'rb').read() for p in sorted(os.listdir(folder))}
+
+
+def one_line_error(r, start):
+  assert r.returncode == 2, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith(f'error: {start}'), \
+      r.stderr
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+  """``python -m experiments.train_lm --quick`` once (seconds)."""
+  from conftest import run_module
+  tmp = tmp_path_factory.mktemp('quick')
+  r = run_module('experiments.train_lm', '--quick', tmp=tmp)
+  assert r.returncode == 0, r.stderr
+  return tmp, r
+
+
+def test_quick_run_writes_the_folder_csv_and_figure(quick):
+  tmp, r = quick
+  assert 'tokens/s' in r.stderr and 'min left' in r.stderr
+  df = pd.read_csv(tmp / 'results' / 'train_lm.csv')
+  assert list(df.columns) == list(train_lm.COLUMNS) and list(df['step']) == [0, 10, 20, 30]
+  assert df['validation_nll'].iloc[-1] < df['validation_nll'].iloc[0]
+  assert (df['bigram_nll'] < df['unigram_nll']).all() and (df['tokens_per_s'][1:] > 0).all()
+  meta = json.load(open(tmp / 'results' / 'train_lm.meta.json'))
+  assert meta['status'] == 'complete' and meta['flags']['K'] == 200
+  model = gpt2.load_gpt2(str(tmp / 'results' / 'train_lm'))
+  assert model.config.vocab_size == 201 and len(model.tokenizer.vocab) == 201
+  state = lm.read_state(str(tmp / 'results' / 'train_lm'))
+  assert state['status'] == 'complete' and len(state['repetition_prompt_ids']) == 8
+  for ext in ('png', 'pdf'):
+    assert (tmp / 'figures' / f'train_lm.{ext}').stat().st_size > 0
+
+
+def test_bad_flags_and_checkpoints_are_one_line_errors(quick, tmp_path):
+  from conftest import run_module
+  tmp, _ = quick
+  folder = str(tmp / 'results' / 'train_lm')
+  before = snapshot(folder)
+  csv = open(tmp / 'results' / 'train_lm.csv', 'rb').read()
+  r = run_module('experiments.train_lm', '--quick', '--resume', '--lr=0.01', tmp=tmp)
+  one_line_error(r, f'--resume: {folder} was made with other flags (lr)')
+  one_line_error(run_module('experiments.train_lm', '--steps=0', tmp=tmp), '--steps=0 is invalid')
+  assert snapshot(folder) == before and open(tmp / 'results' / 'train_lm.csv', 'rb').read() == csv
+  # a truncated checkpoint; a config that disagrees with the weights
+  bad = copy_of(folder, tmp_path / 'bad')
+  data = open(os.path.join(bad, 'model.safetensors'), 'rb').read()
+  open(os.path.join(bad, 'model.safetensors'), 'wb').write(data[:len(data) // 2])
+  r = run_module('experiments.train_lm', '--quick', '--resume', f'--model_dir={bad}',
+                 tmp=tmp_path)
+  one_line_error(r, f'--resume: {bad}/model.safetensors is not the file training.json recorded')
+  r = run_module('experiments.gpt2_repetition', f'--hf_model_dir={bad}', '--prompt_ids=1',
+                 '--steps=3', tmp=tmp_path)
+  one_line_error(r, f'--hf_model_dir={bad}: model.safetensors: ')
+  assert 'truncated' in r.stderr
+  open(os.path.join(bad, 'model.safetensors'), 'wb').write(data)
+  cfg = json.load(open(os.path.join(bad, 'config.json')))
+  json.dump(dict(cfg, n_embd=64), open(os.path.join(bad, 'config.json'), 'w'))
+  r = run_module('experiments.gpt2_repetition', f'--hf_model_dir={bad}', '--prompt_ids=1',
+                 '--steps=3', tmp=tmp_path)
+  one_line_error(r, f'--hf_model_dir={bad}: model.safetensors: ')
+  assert 'config.json implies' in r.stderr
+  assert not os.path.exists(tmp_path / 'results' / 'gpt2_repetition.csv')
+
+
+def test_reuse_keeps_the_folder_and_rewrites_the_same_csv(quick):
+  from conftest import run_module
+  tmp, _ = quick
+  folder = str(tmp / 'results' / 'train_lm')
+  before, csv = snapshot(folder), open(tmp / 'results' / 'train_lm.csv', 'rb').read()
+  r = run_module('experiments.train_lm', '--quick', '--reuse', tmp=tmp)
+  assert r.returncode == 0 and 'reused' in r.stderr, r.stderr
+  assert snapshot(folder) == before and open(tmp / 'results' / 'train_lm.csv', 'rb').read() == csv
+  # the trained folder drives the repetition panel (word ids, prompt from held-out text)
+  state = lm.read_state(folder)
+  ids = ','.join(map(str, state['repetition_prompt_ids']))
+  r = run_module('experiments.gpt2_repetition', f'--hf_model_dir={folder}', f'--prompt_ids={ids}',
+                 f'--steps={state["repetition_steps"]}', tmp=tmp / 'rep')
+  assert r.returncode == 0, r.stderr
+  df = pd.read_csv(tmp / 'rep' / 'results' / 'gpt2_repetition.csv')
+  assert (df['part'] == 'generated').sum() == state['repetition_steps'] == 24

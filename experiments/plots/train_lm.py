@@ -31,7 +31,7 @@ def plot(csv_path):
                label=f'{name} (validation): {last[col]:.3f}')
   trained = df[df['step'] > 0]
   rate = trained['tokens_per_s'].mean() if len(trained) else float('nan')
-  top = max(df['validation_nll'].iloc[min(1, len(df) - 1):].max(), last['unigram_nll']) + 0.5
+  top = max(df['validation_nll'].max(), df['train_loss'].max(), last['unigram_nll']) + 0.3
   ax.set(xlabel='training step', ylabel='nats per token',
          ylim=(min(df['validation_nll'].min(), df['train_loss'].min()) - 0.3, top),
          title=f'GPT-2-architecture LM trained here: validation NLL {last["validation_nll"]:.3f}'
