@@ -18,7 +18,11 @@ import math
 import os
 
 from absl import flags
+import pandas as pd
 
+from ccmc_jax import lm
+from ccmc_jax import text
+from ccmc_jax.trials import train_lm
 from experiments import common
 from experiments import real_text as rt
 from experiments.plots import train_lm as plots
@@ -27,8 +31,7 @@ flags.adopt_module_key_flags(common)
 for _name in ('corpus', 'corpus_file', 'K'):  # real_text's flags: the same split and vocabulary
   flags.declare_key_flag(_name)
 
-_CONTEXT = flags.DEFINE_integer('context', 64, 'Context length (n_positions, nanoGPT '
-                                'block_size), in [2, 1024].')
+_CONTEXT = flags.DEFINE_integer('context', 64, 'Context (n_positions, block_size), [2, 1024].')
 _LAYERS = flags.DEFINE_integer('layers', 2, 'Transformer blocks (n_layer), in [1, 48].')
 _HEADS = flags.DEFINE_integer('heads', 4, 'Attention heads (n_head), dividing --d_model.')
 _D = flags.DEFINE_integer('d_model', 128, 'Model width (n_embd), in [2, 4096].')
@@ -56,16 +59,17 @@ def model_dir():
   return os.path.expanduser(_DIR.value) or os.path.join(flags.FLAGS.results_dir, NAME)
 
 
-def hyper():
-  from ccmc_jax.trials import train_lm  # pylint: disable=import-outside-toplevel
+def hyper():  # the training hyper-parameters of the flags
   return train_lm.Hyper(_STEPS.value, _BATCH.value, _LR.value, _WARMUP.value, _EVAL.value,
                         _WD.value, _CLIP.value)
 
 
+def config(V):
+  return train_lm.model_config(V, _LAYERS.value, _HEADS.value, _D.value, _CONTEXT.value)
+
+
 def validate():
   """One-line errors before any work; returns (data, baselines, checkpoint, state to reuse)."""
-  from ccmc_jax import gpt2, lm, text  # pylint: disable=import-outside-toplevel
-  from ccmc_jax.trials import train_lm  # pylint: disable=import-outside-toplevel
   common.check_int('K', rt._K.value, 2, 20000)  # pylint: disable=protected-access
   for name, flag, lo, hi in (('context', _CONTEXT, 2, 1024), ('layers', _LAYERS, 1, 48),
                              ('d_model', _D, 2, 4096), ('steps', _STEPS, 1, 10 ** 6),
@@ -82,20 +86,6 @@ def validate():
   for name, path in (('results_dir', flags.FLAGS.results_dir), ('model_dir', model_dir()),
                      ('figures_dir', flags.FLAGS.figures_dir)):
     common.check_writable_dir(name, path)
-  state = None
-  if flags.FLAGS.resume or _REUSE.value:
-    try:
-      state, why = train_lm.saved_state(model_dir(), common.flag_values(FLAG_NAMES),
-                                        common.NEUTRAL_FLAGS)
-    except lm.CheckpointError as e:
-      if flags.FLAGS.resume:
-        raise common.FlagError(f'--resume: {e}; rerun without --resume') from None
-      state, why = None, str(e)
-    if why is not None and flags.FLAGS.resume:
-      raise common.FlagError(f'--resume: {model_dir()} {why}; rerun without --resume')
-    if why is not None:
-      common.progress(f'{NAME}: --reuse: {model_dir()} {why.split(" (")[0]}: training')
-      state = None
   try:
     if rt._FILE.value is not None:  # pylint: disable=protected-access
       corpus = text.read_text_file(rt._FILE.value)  # pylint: disable=protected-access
@@ -104,39 +94,27 @@ def validate():
     data = train_lm.prepare(corpus, rt._K.value, flags.FLAGS.seed, _CONTEXT.value)  # pylint: disable=protected-access
   except text.TextError as e:
     raise common.FlagError(rt.corpus_error(e)) from None
-  ckpt = None
-  if state is not None and state.get('status') != 'complete':  # --resume a partial run
-    c = train_lm.model_config(len(data.vocab), _LAYERS.value, _HEADS.value, _D.value,
-                              _CONTEXT.value)
-    try:
-      ckpt = train_lm.load_for_resume(model_dir(), c, hyper())
-    except (lm.CheckpointError, gpt2.GPT2Error) as e:
-      raise common.FlagError(f'--resume: {e}; rerun without --resume') from None
-    state = None
-  elif state is not None:  # complete: reuse it when its weights are the recorded ones
-    try:
-      lm.check_digests(model_dir(), state, ('model.safetensors',))
-    except lm.CheckpointError as e:
-      if flags.FLAGS.resume:
-        raise common.FlagError(f'--resume: {e}; rerun without --resume') from None
-      common.progress(f'{NAME}: --reuse: {e}: training')
-      state = None
+  ckpt = state = None
+  if flags.FLAGS.resume or _REUSE.value:
+    ckpt, state, why = train_lm.find_checkpoint(model_dir(), common.flag_values(FLAG_NAMES),
+                                                common.NEUTRAL_FLAGS, config(len(data.vocab)),
+                                                hyper(), flags.FLAGS.resume)
+    if why and flags.FLAGS.resume:
+      raise common.FlagError(f'--resume: {why}; rerun without --resume')
+    if why:
+      common.progress(f'{NAME}: --reuse: {why.split(" (")[0]}: training')
   return data, train_lm.baselines(data), ckpt, state
 
 
 def run(checked, results):
-  import pandas as pd  # pylint: disable=import-outside-toplevel
-  from ccmc_jax import gpt2, lm  # pylint: disable=import-outside-toplevel
-  from ccmc_jax.trials import train_lm  # pylint: disable=import-outside-toplevel
   data, base, ckpt, reuse = checked
   table, folder = results[NAME], model_dir()
   if reuse is not None:  # the same flags and code made it: the CSV again from its history
     table.add(pd.DataFrame(reuse['history'], columns=train_lm.COLUMNS))
-    SUMMARY.update(reuse['summary'], reused=True)
+    SUMMARY.update(reuse['summary'], model_dir=folder, reused=True)
     common.progress(f'{NAME}: reused {folder} (same flags and code)')
     return
-  c = train_lm.model_config(len(data.vocab), _LAYERS.value, _HEADS.value, _D.value,
-                            _CONTEXT.value)
+  c = config(len(data.vocab))
   prompt, = train_lm.heldout_prompt(data, c.n_positions // 4)
   state = {'flags': table.flags, 'code': train_lm.code_digest(), 'status': 'partial',
            'repetition_prompt_ids': prompt, 'repetition_steps': c.n_positions - len(prompt)}
@@ -155,29 +133,18 @@ def run(checked, results):
 
   history = train_lm.train(data, c, hyper(), flags.FLAGS.seed, base, ckpt, on_eval,
                            lambda msg: common.progress(f'{NAME}: {msg}'))
-  final = history[-1]
-  SUMMARY.update(base, validation_nll=final['validation_nll'],
-                 heldout_nll=train_lm.heldout_nll(last['params'], c, data),
-                 parameters=gpt2.param_count(c),
-                 tokens_trained=_STEPS.value * _BATCH.value * c.n_positions,
-                 training_s=final['elapsed_s'], model_dir=folder, reused=False)
-  SUMMARY['below_bigram'] = bool(SUMMARY['validation_nll'] < base['bigram_validation_nll'])
-  save({'step': final['step'], 'history': history, 'status': 'complete',
-        'summary': {k: v for k, v in SUMMARY.items() if k != 'reused'}})
-
-
-def check(s):
-  if not math.isfinite(s.get('validation_nll', math.nan)):
-    return 'the validation NLL is not finite'
-  return None
+  SUMMARY.update(train_lm.summary(data, c, hyper(), base, history, last['params']))
+  save({'step': history[-1]['step'], 'history': history, 'status': 'complete',
+        'summary': dict(SUMMARY)})
+  SUMMARY.update(model_dir=folder, reused=False)
 
 
 SPEC = common.Spec(
     name=NAME, tables=[common.Table(NAME, ['step'], lambda frame: dict(SUMMARY), resume=False)],
-    flag_names=FLAG_NAMES, validate=validate, run=run, plot=plots.plot, check=check,
-    message=lambda s: (f'validation NLL {s["validation_nll"]:.4f} nats per token (bigram '
-                       f'{s["bigram_validation_nll"]:.4f}, unigram '
-                       f'{s["unigram_validation_nll"]:.4f}); held-out {s["heldout_nll"]:.4f}'))
+    flag_names=FLAG_NAMES, validate=validate, run=run, plot=plots.plot,
+    check=lambda s: None if math.isfinite(s.get('validation_nll', math.nan)) else 'NLL is NaN',
+    message=lambda s: (f'validation NLL {s["validation_nll"]:.4f} per token (bigram chain '
+                       f'{s["bigram_validation_nll"]:.4f}); held-out {s["heldout_nll"]:.4f}'))
 
 if __name__ == '__main__':
   common.run(SPEC, quick=QUICK)

@@ -260,3 +260,37 @@ def heldout_nll(params, config: gpt2.GPT2Config, data: Data) -> float:
   """The LM's mean NLL per token on the held-out blocks."""
   tokens, w = lm.eval_chunks(data.ids, data.split.blocks(2), config.n_positions)
   return lm.mean_nll(params, config, tokens, w)
+
+
+def find_checkpoint(folder, flag_dict: dict, neutral, config: gpt2.GPT2Config, hp: Hyper,
+                    resume: bool) -> tuple:
+  """What the model folder offers a run of these flags: ``(checkpoint, state, why)``.
+
+  A complete folder of the same flags and code (:func:`saved_state`) whose weights are the
+  recorded ones gives its training.json as ``state`` (reuse it); a partial one, with ``resume``,
+  the loaded checkpoint; anything else ``why``, one line naming the flags or file (a missing,
+  truncated or corrupt file, other flags, other code, a partial run without ``resume``).
+  """
+  try:
+    state, why = saved_state(folder, flag_dict, neutral)
+    if why is None and state.get('status') == 'complete':
+      lm.check_digests(folder, state, ('model.safetensors',))
+      return None, state, None
+    if why is None and resume:
+      return load_for_resume(folder, config, hp), None, None
+    return None, None, f'{folder} {why or "is a partial run"}'
+  except (lm.CheckpointError, gpt2.GPT2Error) as e:
+    return None, None, str(e)
+
+
+def summary(data: Data, config: gpt2.GPT2Config, hp: Hyper, base: dict, history: list,
+            params) -> dict:
+  """The numbers of a finished training for its sidecar: the baselines, the final validation
+  NLL, the held-out NLL per token of the LM, size and time."""
+  final = history[-1]
+  out = dict(base, validation_nll=final['validation_nll'],
+             heldout_nll=heldout_nll(params, config, data), parameters=gpt2.param_count(config),
+             tokens_trained=hp.steps * hp.batch * config.n_positions,
+             training_s=final['elapsed_s'])
+  out['below_bigram'] = bool(out['validation_nll'] < base['bigram_validation_nll'])
+  return out
