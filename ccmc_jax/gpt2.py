@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccmc_jax import text
 from ccmc_jax.errors import UserError
 
 TABLE_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
@@ -232,6 +233,28 @@ def read_safetensors(path, names: Optional[Sequence[str]] = None, model_dir=None
   return out
 
 
+def safetensors_bytes(tensors: dict, metadata: Optional[dict] = None) -> bytes:
+  """The bytes of a .safetensors file holding ``tensors`` (name -> numpy float32 array), the
+  inverse of :func:`read_safetensors`: tensors in name order, the JSON header (sorted keys, no
+  spaces) padded with spaces to a multiple of 8 bytes as the reference writer does. The same
+  arrays always give the same bytes."""
+  header, chunks, offset = {}, [], 0
+  if metadata:
+    header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+  for name in sorted(tensors):
+    a = np.asarray(tensors[name])
+    if a.dtype != np.float32:
+      raise ValueError(f'tensors[{name!r}] has dtype {a.dtype}; only float32 is written')
+    raw = a.astype('<f4').tobytes()
+    header[name] = {'dtype': 'F32', 'shape': list(a.shape),
+                    'data_offsets': [offset, offset + len(raw)]}
+    chunks.append(raw)
+    offset += len(raw)
+  text = json.dumps(header, sort_keys=True, separators=(',', ':')).encode('utf-8')
+  text += b' ' * (-len(text) % 8)
+  return len(text).to_bytes(8, 'little') + text + b''.join(chunks)
+
+
 # Per-block tensors: (our name, Hugging Face suffix, shape as a function of the config).
 _BLOCK_TENSORS = (
     ('ln_1_g', 'ln_1.weight', lambda c: (c.n_embd,)),
@@ -311,6 +334,47 @@ def param_count(config: GPT2Config) -> int:
   return sum(math.prod(s) for s in shapes)
 
 
+def param_shapes(config: GPT2Config) -> dict:
+  """The shape of every parameter of :class:`GPT2` ``params`` (tied lm_head): top-level names,
+  and ``blocks`` a list of per-layer dicts, the layout :func:`load_gpt2` returns."""
+  shapes = {ours: shape_fn(config) for ours, _, shape_fn in _TOP_TENSORS}
+  shapes['blocks'] = [{ours: shape_fn(config) for ours, _, shape_fn in _BLOCK_TENSORS}
+                      for _ in range(config.n_layer)]
+  return shapes
+
+
+def params_to_tensors(params, config: GPT2Config, prefix='transformer.') -> dict:
+  """``params`` (the :class:`GPT2` layout, tied lm_head) as Hugging Face tensor names ->
+  float32 numpy arrays, the inverse of :func:`load_gpt2`'s mapping. Raises ValueError naming
+  the parameter whose shape disagrees with ``config``."""
+  out = {}
+  items = [(ours, suffix, shape_fn, params[ours]) for ours, suffix, shape_fn in _TOP_TENSORS]
+  if len(params['blocks']) != config.n_layer:
+    raise ValueError(f'params has {len(params["blocks"])} blocks but n_layer={config.n_layer}')
+  for i, p in enumerate(params['blocks']):
+    items += [(f'{ours}/{i}', f'h.{i}.{suffix}', shape_fn, p[ours])
+              for ours, suffix, shape_fn in _BLOCK_TENSORS]
+  for ours, suffix, shape_fn, value in items:
+    a = np.asarray(value, np.float32)
+    if a.shape != shape_fn(config):
+      raise ValueError(f'params[{ours!r}] has shape {a.shape}, config implies '
+                       f'{shape_fn(config)}')
+    out[prefix + suffix] = a
+  return out
+
+
+def config_dict(config: GPT2Config) -> dict:
+  """The config.json of ``config`` (a Hugging Face GPT-2 config that :func:`read_config` reads
+  back to the same GPT2Config)."""
+  act = {'gelu_new': 'gelu_new', 'gelu': 'gelu'}[config.activation]
+  return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
+          'n_layer': config.n_layer, 'n_head': config.n_head, 'n_embd': config.n_embd,
+          'vocab_size': config.vocab_size, 'n_positions': config.n_positions,
+          'n_ctx': config.n_positions, 'n_inner': config.n_inner or None,
+          'layer_norm_epsilon': config.layer_norm_epsilon, 'activation_function': act,
+          'tie_word_embeddings': True}
+
+
 def check_model_dir(model_dir, max_tokens: Optional[int] = None) -> GPT2Config:
   """Cheap validation: config.json, the safetensors header and every tensor shape, without
   reading the weights. ``max_tokens`` (prompt + steps) must fit n_positions.
@@ -335,7 +399,7 @@ class GPT2(NamedTuple):
   copies each layer's slice every step (2x slower decoding for GPT-2 small in our timing)."""
   config: GPT2Config
   params: dict
-  tokenizer: Optional['BPETokenizer']
+  tokenizer: Optional['BPETokenizer']  # or a WordTokenizer (word-level folders)
   model_dir: str = ''
 
   def token_text(self, token_id: int) -> str:
@@ -589,13 +653,86 @@ class BPETokenizer:
     return bytes(self.byte_decoder[c] for c in chars).decode('utf-8', errors='replace')
 
 
-def load_tokenizer(model_dir) -> Optional[BPETokenizer]:
-  """The BPE tokenizer of ``model_dir`` (vocab.json + merges.txt), or None if both are absent.
+# ------------------------------------------------------------------------------------------
+# Word-level tokenizer (the suite's own word vocabulary: vocab.json + a word-level marker)
+# ------------------------------------------------------------------------------------------
+
+WORD_LEVEL = 'CcmcWordTokenizer'  # tokenizer_config.json's tokenizer_class of a word vocabulary
+
+
+class WordTokenizer:
+  """The suite's word vocabulary (``ccmc_jax.text``): lower-cased words and punctuation
+  (:func:`ccmc_jax.text.tokenize`), id k = the k-th word of vocab.json, words outside it ->
+  ``<unk>``; decoding joins words with spaces (:func:`ccmc_jax.text.detokenize`)."""
+
+  def __init__(self, encoder: dict):
+    self.encoder = dict(encoder)
+    self.vocab = [w for w, _ in sorted(self.encoder.items(), key=lambda kv: kv[1])]
+    self.decoder = dict(enumerate(self.vocab))
+
+  def encode(self, text_: str) -> list:
+    """Token ids of ``text_``."""
+    return text.encode(text.tokenize(text_), self.vocab).tolist()
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of token ids."""
+    bad = [int(i) for i in ids if int(i) not in self.decoder]
+    if bad:
+      raise ValueError(f'token id {bad[0]} is not in vocab.json')
+    return text.detokenize(np.asarray(ids, np.int64), self.vocab)
+
+
+def word_tokenizer_config(vocab_size: int, model_max_length: int) -> dict:
+  """The tokenizer_config.json of a word-level folder (read by :func:`load_tokenizer`)."""
+  return {'tokenizer_class': WORD_LEVEL, 'word_level': True, 'unk_token': text.UNK,
+          'vocab_size': vocab_size, 'model_max_length': model_max_length,
+          'tokenize': 'ccmc_jax.text.tokenize (lower-cased words and punctuation)'}
+
+
+def _load_word_tokenizer(model_dir, vocab_path) -> WordTokenizer:
+  try:
+    with open(vocab_path, encoding='utf-8') as f:
+      encoder = json.load(f)
+  except FileNotFoundError:
+    raise _fail(model_dir, 'tokenizer_config.json says word-level but there is no vocab.json '
+                '(word -> id)') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'vocab.json is not readable ({e})') from None
+  if not isinstance(encoder, dict) or not all(
+      isinstance(v, int) and not isinstance(v, bool) for v in encoder.values()):
+    raise _fail(model_dir, 'vocab.json is not a JSON object of word -> id')
+  if sorted(encoder.values()) != list(range(len(encoder))):
+    raise _fail(model_dir, f'vocab.json: the ids of its {len(encoder)} words are not exactly '
+                f'0..{len(encoder) - 1}')
+  if text.UNK not in encoder:
+    raise _fail(model_dir, f'vocab.json has no {text.UNK} (a word-level vocabulary needs it)')
+  return WordTokenizer(encoder)
+
+
+def _word_level(model_dir) -> bool:
+  """Whether tokenizer_config.json marks the folder's vocab.json as word-level."""
+  path = os.path.join(model_dir, 'tokenizer_config.json')
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, encoding='utf-8') as f:
+      cfg = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'tokenizer_config.json is not readable JSON ({e})') from None
+  return isinstance(cfg, dict) and cfg.get('tokenizer_class') == WORD_LEVEL
+
+
+def load_tokenizer(model_dir):
+  """The tokenizer of ``model_dir``: a :class:`WordTokenizer` when tokenizer_config.json says
+  word-level (vocab.json word -> id), else the BPE tokenizer (vocab.json + merges.txt), or None
+  if both files are absent.
 
   Raises GPT2Error (one line) if only one of them exists or either is malformed.
   """
   vocab_path = os.path.join(model_dir, 'vocab.json')
   merges_path = os.path.join(model_dir, 'merges.txt')
+  if _word_level(model_dir):
+    return _load_word_tokenizer(model_dir, vocab_path)
   have = [os.path.isfile(vocab_path), os.path.isfile(merges_path)]
   if not any(have):
     return None

@@ -41,6 +41,10 @@ def synthetic(name):
     return pd.DataFrame({'model': ['mle', 'uniform_P', 'bigram_P'],
                          'heldout_nll': [1.2, 1.6, 1.4], 'n_train': 1000, 'n_heldout': 100,
                          'copy_fraction': 0.4})
+  if name == 'train_lm':
+    return pd.DataFrame({'step': [0, 100, 200], 'train_loss': [7.6, 4.5, 4.0],
+                         'validation_nll': [7.6, 4.6, 4.1], 'bigram_nll': 4.5,
+                         'unigram_nll': 5.3})
   raise KeyError(name)
 
 
@@ -258,6 +262,9 @@ def p_train_heldout(f):
   d, untied = _training(f, 'untied_adam')
   tied = d[d['model'] == 'tied_lbfgs'].groupby(['K', 'n'])['heldout_nll'].mean()
   d.loc[untied, 'heldout_nll'] = [tied[(k, n)] for k, n in d.loc[untied, ['K', 'n']].values]
+def p_lm_nll(f):
+  d = f['train_lm']
+  _set(d, d['step'] == d['step'].max(), 'validation_nll', d['bigram_nll'] + 0.01)
 
 
 PERTURB = {
@@ -297,6 +304,7 @@ PERTURB = {
     'train.tied_slope': p_train_slope,
     'train.untied_spread': p_train_spread,
     'train.heldout_tied_vs_untied': p_train_heldout,
+    'train_lm.below_bigram': p_lm_nll,
 }
 
 
