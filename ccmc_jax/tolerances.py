@@ -122,6 +122,28 @@ TABLES = {
         'train_copy_fraction': ROUNDOFF, 'ridge': EXACT, 'ridge_grid': EXACT,
         'validation_nll_grid': INFO,  # numbers formatted as text: the last digit may round
         'smoothing': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT},
+    # A trained LM beside the CCMC: generated text is a sampled path (greedy LM decoding too:
+    # an argmax over float32 logits flips on a near-tie), NLLs are float32 sums over a
+    # forward pass and a fit.
+    'lm_repetition': {
+        'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
+        'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
+        'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
+        'first_words': INFO},
+    'lm_repetition_curves': {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED,
+                             'top1_q90': SAMPLED, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
+                             'T': EXACT},
+    'lm_repetition_nll': {'nll': Tolerance(1e-4, 1e-6), 'count': EXACT,
+                          'copy_mass': Tolerance(1e-4, 1e-6), 'corpus': EXACT, 'K': EXACT,
+                          'L': EXACT, 'T': EXACT},
+    # Sampled LM answers train the fits: a flipped answer (a near-tie of the inverse CDF)
+    # moves every fitted number a little; counts and the chosen ridge can move with it.
+    'lm_distillation': {
+        'n_copy': _info(0.0, 2.0), 'copy_fraction': _info(0.0, 2e-3), 'ridge': _info(0.0, 0.0),
+        'validation_nll': _info(1e-3, 1e-6), 'heldout_nll_lm': _info(1e-3, 1e-6),
+        'kl_lm_copy': _info(1e-3, 1e-6), 'heldout_nll_text': Tolerance(1e-3, 1e-6),
+        'floor_nll': Tolerance(1e-4, 1e-6), 'n_heldout_copy': _info(0.0, 2.0),
+        'corpus': EXACT, 'K': EXACT, 'L': EXACT},
     # The claims: the verdict is exact; measured values move with the tables they summarise.
     'claims': {'reference': EXACT, 'claim': EXACT, 'csv': EXACT, 'expected': EXACT,
                'status': EXACT, 'measured': _info(1e-2, 1e-6), 'detail': INFO},
