@@ -49,7 +49,7 @@ def validate():
   common.check_int('n', _N.value, 10, 10**6)
   common.check_int('validation', _VAL.value, 10, 10**6)
   common.check_int('heldout', _HELD.value, 10, 10**6)
-  prep = base.prepared(1, 1)
+  prep = base.prepared((1,), 1)
   n_train = int(sum(max(e - s - flags.FLAGS.L, 0) for s, e in prep.split.blocks(0)))
   if max(int(n) for n in _N.value) > n_train:
     raise common.FlagError(f'--n={max(int(n) for n in _N.value)} is invalid: allowed values '

@@ -74,9 +74,10 @@ def apply_quick(extra=None):
       pass  # validate names the folder
 
 
-def prepared(prompt_T, prompts):
+def prepared(prompt_Ts, prompts):
   """Flag checks shared with lm_distillation; returns ``real_text.prepare``'s Prepared (the
-  corpus read, its vocabulary) after checking the LM folder against it (weights not read)."""
+  corpus read, its vocabulary) after checking the LM folder against it (weights not read).
+  Generation prompts are chosen for the first T of ``prompt_Ts`` that the held-out blocks fit."""
   from ccmc_jax import text  # pylint: disable=import-outside-toplevel
   from ccmc_jax.trials import lm_repetition as lm  # pylint: disable=import-outside-toplevel
   from ccmc_jax.trials import real_text  # pylint: disable=import-outside-toplevel
@@ -90,7 +91,14 @@ def prepared(prompt_T, prompts):
     config = gpt2.check_model_dir(model_dir())
     common.check_memory(memory.gpt2(model_dir(), gpt2.param_count(config)))
     corpus = lm.read_corpus(_CORPUS.value, _FILE.value)
-    prep = real_text.prepare(corpus, _K.value, _L.value, prompt_T, prompts, flags.FLAGS.seed)
+    for i, prompt_T in enumerate(prompt_Ts):
+      try:
+        prep = real_text.prepare(corpus, _K.value, _L.value, prompt_T, prompts,
+                                 flags.FLAGS.seed)
+        break
+      except text.TextError:
+        if i == len(prompt_Ts) - 1:
+          raise
     lm.check_model_folder(model_dir(), prep.vocab)
   except text.TextError as e:
     msg = str(e)
@@ -112,10 +120,8 @@ def validate():
   common.check_float('smoothing', _SMOOTH.value, 0, None, lo_open=True)
   common.check_memory(memory.real_text(_K.value, _L.value, _T.value, _PROMPTS.value,
                                        len(_RIDGE.value) + len(_SMOOTH.value), 0, None))
-  try:  # real_text's prompts (chosen with its T = 1000) when the blocks allow, else with T
-    return prepared(max(_T.value, lm.PROMPT_T), _PROMPTS.value)
-  except common.FlagError:
-    return prepared(_T.value, _PROMPTS.value)
+  # real_text's prompts (chosen with its T = 1000) when the blocks allow, else with T
+  return prepared((max(_T.value, lm.PROMPT_T), _T.value), _PROMPTS.value)
 
 
 def run(prep, results):
