@@ -34,6 +34,10 @@ experiments=(
   trajectory_learning
   gpt2_repetition
   real_text
+  # The trained LM beside the CCMC: they read <results_dir>/train_lm, so they run after the
+  # training step (experiments.train_lm) and exit 2 with one line when its folder is missing.
+  lm_repetition
+  lm_distillation
 )
 total_start=$(date +%s)
 for name in "${experiments[@]}"; do

@@ -1,8 +1,10 @@
 """GPT-2 from LOCAL files: reader, byte-level BPE tokenizer, JAX forward pass, greedy decoder.
 
 An optional module for the repetition experiment (paper Sec. 4, Fig. 5 left:
-``python -m experiments.gpt2_repetition --hf_model_dir=<folder>``); the rest of ``ccmc_jax``
-never imports it and nothing is ever downloaded.
+``python -m experiments.gpt2_repetition --hf_model_dir=<folder>``) and the trained-LM
+experiments (``ccmc_jax/trials/lm_*.py``: batched sliding-window decoding with :func:`decode`,
+next-token laws with :func:`next_token_log_probs`); the rest of ``ccmc_jax`` never imports it
+and nothing is ever downloaded.
 
 No PyTorch or transformers: a Hugging Face GPT-2 folder is read with numpy (config.json,
 model.safetensors, and optionally vocab.json + merges.txt for the tokenizer), the forward pass
@@ -584,11 +586,12 @@ def next_token_log_probs(model: GPT2, contexts, batch: int = 256) -> np.ndarray:
 def _window_decoder(config: GPT2Config, P: int, T: int):
   """jit of batched decoding of T tokens after (N, P) prompts with a sliding window.
 
-  One ``lax.scan`` over the T steps (one compilation per (P, T), whatever N, the temperature
-  and the key): step t feeds the last min(P + t, n_positions) tokens, left-padded to
-  n_positions, through :func:`_window_logits` (vmapped over prompts) and appends the argmax
-  (temperature 0) or a draw from softmax(logits / temperature). No key/value cache: positions
-  restart in every window, so each step recomputes the whole window.
+  One ``lax.scan`` over the T steps (one compilation per shape (N, P, T), whatever the
+  temperature and the key): step t feeds the last min(P + t, n_positions) tokens, left-padded
+  to n_positions, through :func:`_window_logits` (vmapped over prompts) and appends the argmax
+  (temperature 0) or an inverse-CDF draw from softmax(logits / temperature) with one uniform per
+  row (cheaper than a Gumbel vector over the vocabulary). No key/value cache: positions restart
+  in every window, so each step recomputes the whole window.
   """
   S = config.n_positions
 

@@ -42,7 +42,7 @@ def draw(text_csv, curves_csv, nll_csv):
   grid = fig.add_gridspec(2, 3, height_ratios=[1, 0.6])
   ax_curve, ax_rep, ax_nll = (fig.add_subplot(grid[0, i]) for i in range(3))
   rt.draw_curves(ax_curve, curves, sources, COLORS, LABELS, rows['prompt'].nunique())
-  rt.draw_repetition(ax_rep, rows, sources, COLORS, LABELS)
+  rt.draw_repetition(ax_rep, rows, sources, COLORS, LABELS, fontsize=7)
 
   bars = [(e, m, label) for e, m, label in NLL_BARS
           if ((nll['events'] == e) & (nll['model'] == m)).any()]

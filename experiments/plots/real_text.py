@@ -54,7 +54,7 @@ def draw_curves(ax, curves, sources, colors, labels, n_prompts):
   ax.legend(fontsize=8)
 
 
-def draw_repetition(ax, rows, sources, colors, labels):
+def draw_repetition(ax, rows, sources, colors, labels, fontsize=8):
   """Box plot of seq-rep-4 per source, the mean as a diamond."""
   data = [rows.loc[rows['source'] == s, 'seq_rep_4'].values for s in sources]
   parts = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=False)
@@ -65,7 +65,7 @@ def draw_repetition(ax, rows, sources, colors, labels):
     ax.annotate(f'{d.mean():.3f}', (i + 1, d.mean()), xytext=(8, 0),
                 textcoords='offset points', fontsize=8, va='center')
   ax.set_xticks(range(1, len(sources) + 1), [labels[s].replace(', ', ',\n').replace(
-      ' Markov', '\nMarkov').replace(' cont', '\ncont') for s in sources], fontsize=8)
+      ' Markov', '\nMarkov').replace(' cont', '\ncont') for s in sources], fontsize=fontsize)
   ax.set(ylabel='seq-rep-4 = 1 - unique 4-grams / 4-grams', ylim=(0, 1),
          title='Repetition of T tokens per prompt\n(box: quartiles; diamond: mean)')
 
