@@ -62,6 +62,15 @@ SAMPLED = Tolerance(0.0, 0.02, True)  # a statistic of a sampled path (see below
 # to round-off, and the path differs from there on. Measured: 1 of 5,200 collapse trajectories
 # and 1 of 400 generated texts diverged on one emulated machine. Their per-row statistics are
 # informational; the claims (``claims.csv``: ``status`` exact) check their aggregates.
+
+# Per-prompt metrics of generated text (real_text, lm_repetition) and their running top-1 curves.
+GENERATED_TEXT = {
+    'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
+    'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
+    'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
+    'first_words': INFO}
+TOP1_CURVES = {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED, 'top1_q90': SAMPLED,
+               'corpus': EXACT, 'K': EXACT, 'L': EXACT, 'T': EXACT}
 TABLES = {
     'ccmc_example': {'value': ROUNDOFF},
     'attention_equivalence': {
@@ -108,14 +117,8 @@ TABLES = {
                             'error': Tolerance(1e-4, 1e-8)},
     'trajectory_learning_rows': {'seed': EXACT, 'visits': EXACT,
                                  'row_error': Tolerance(2e-3, 1e-7)},
-    'real_text': {
-        'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-        'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
-        'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
-        'first_words': INFO},
-    'real_text_curves': {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED,
-                         'top1_q90': SAMPLED, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-                         'T': EXACT},
+    'real_text': GENERATED_TEXT,
+    'real_text_curves': TOP1_CURVES,
     'real_text_fit': {
         'heldout_nll': ROUNDOFF, 'validation_nll': ROUNDOFF, 'n_train': EXACT,
         'n_validation': EXACT, 'n_heldout': EXACT, 'copy_fraction': ROUNDOFF,
@@ -125,14 +128,8 @@ TABLES = {
     # A trained LM beside the CCMC: generated text is a sampled path (greedy LM decoding too:
     # an argmax over float32 logits flips on a near-tie), NLLs are float32 sums over a
     # forward pass and a fit.
-    'lm_repetition': {
-        'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-        'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
-        'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
-        'first_words': INFO},
-    'lm_repetition_curves': {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED,
-                             'top1_q90': SAMPLED, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-                             'T': EXACT},
+    'lm_repetition': GENERATED_TEXT,
+    'lm_repetition_curves': TOP1_CURVES,
     'lm_repetition_nll': {'nll': Tolerance(1e-4, 1e-6), 'count': EXACT,
                           'copy_mass': Tolerance(1e-4, 1e-6), 'corpus': EXACT, 'K': EXACT,
                           'L': EXACT, 'T': EXACT},

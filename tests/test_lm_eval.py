@@ -14,6 +14,7 @@ import pytest
 
 from ccmc_jax import gpt2 as g2
 from ccmc_jax import text
+from ccmc_jax import tolerances
 from ccmc_jax.trials import lm_distillation as dist
 from ccmc_jax.trials import lm_repetition as lm
 from conftest import run_module
@@ -228,6 +229,10 @@ def test_lm_repetition_quick_compiles_the_decoder_once(tmp_path, quick_folder):
       ('copy_events', 'lm_renormalised'), ('copy_events', 'mle'), ('copy_events', 'bigram_P'),
       ('copy_events', 'uniform_P')}
   assert np.isfinite(nll['nll']).all() and (nll['nll'] > 0).all()
+  for name, frame in (('lm_repetition', rows), ('lm_repetition_curves', curves),
+                      ('lm_repetition_nll', nll)):
+    keys = json.loads((res / f'{name}.meta.json').read_text())['keys']
+    assert set(frame.columns) - set(keys) <= set(tolerances.TABLES[name]), name
   meta = json.loads((res / 'lm_repetition.meta.json').read_text())
   assert meta['status'] == 'complete' and meta['tolerances']['seq_rep_4']['informational']
   assert (tmp_path / 'figures' / 'lm_repetition.png').stat().st_size > 0
@@ -246,6 +251,7 @@ def test_lm_distillation_quick(tmp_path, quick_folder):
                                                   for n in (100, 300)]
   assert (rows['n_copy'] <= rows['n']).all() and np.isfinite(rows['kl_lm_copy']).all()
   assert (rows['floor_nll'] <= rows['heldout_nll_lm']).all()  # the LM's own law is the floor
+  assert set(rows.columns) - {'source', 'n'} <= set(tolerances.TABLES['lm_distillation'])
   assert (tmp_path / 'figures' / 'lm_distillation.png').stat().st_size > 0
 
 
