@@ -36,6 +36,10 @@ experiments=(
   gpt2_repetition
   real_text
   attention_training
+  # The trained LM beside the CCMC: they read <results_dir>/train_lm, so they run after the
+  # training step (experiments.train_lm) and exit 2 with one line when its folder is missing.
+  lm_repetition
+  lm_distillation
 )
 results_dir=results
 for a in "${args[@]}"; do

@@ -45,6 +45,16 @@ def synthetic(name):
     return pd.DataFrame({'step': [0, 100, 200], 'train_loss': [7.6, 4.5, 4.0],
                          'validation_nll': [7.6, 4.6, 4.1], 'bigram_nll': 4.5,
                          'unigram_nll': 5.3})
+  if name == 'lm_repetition':
+    rep = {'lm_greedy': 0.9, 'lm_sample': 0.05, 'lm_sample_t0.7': 0.2, 'ccmc': 0.6,
+           'ccmc_window': 0.8, 'bigram': 0.003, 'corpus': 0.1}
+    return pd.DataFrame([dict(source=s, prompt=p, seq_rep_4=v * (1 + 0.1 * rng.random()))
+                         for s, v in rep.items() for p in range(5)])
+  if name == 'lm_distillation':
+    return pd.DataFrame([dict(source=s, n=n, heldout_nll_lm=base + 300 / n,
+                              kl_lm_copy=kl + 100 / n)
+                         for s, base, kl in (('lm_answers', 1.5, 0.05), ('real_text', 1.9, 0.4))
+                         for n in (1000, 2000, 5000, 10000)])
   raise KeyError(name)
 
 
@@ -265,6 +275,27 @@ def p_train_heldout(f):
 def p_lm_nll(f):
   d = f['train_lm']
   _set(d, d['step'] == d['step'].max(), 'validation_nll', d['bigram_nll'] + 0.01)
+def p_lm_greedy(f):
+  d = f['lm_repetition']
+  _set(d, d['source'] == 'corpus', 'seq_rep_4',
+       d[d['source'] == 'lm_greedy']['seq_rep_4'].mean() / 2)
+
+
+def p_lm_sample(f):
+  d = f['lm_repetition']
+  _set(d, d['source'] == 'lm_sample', 'seq_rep_4',
+       d[d['source'] == 'lm_greedy']['seq_rep_4'].mean() * 0.8)
+
+
+def p_distilled_nll(f):
+  d = f['lm_distillation']
+  lm = d['source'] == 'lm_answers'
+  d.loc[lm, 'heldout_nll_lm'] = d.loc[lm, 'heldout_nll_lm'].to_numpy()[::-1]  # rises with n
+
+
+def p_distilled_kl(f):
+  d = f['lm_distillation']
+  _set(d, d['source'] == 'lm_answers', 'kl_lm_copy', d['kl_lm_copy'].max() + 0.1)
 
 
 PERTURB = {
@@ -305,7 +336,25 @@ PERTURB = {
     'train.untied_spread': p_train_spread,
     'train.heldout_tied_vs_untied': p_train_heldout,
     'train_lm.below_bigram': p_lm_nll,
+    'lm.greedy_repetition': p_lm_greedy,
+    'lm.sampling_repeats_less': p_lm_sample,
+    'lm_distillation.nll_falls_with_n': p_distilled_nll,
+    'lm_distillation.distilled_beats_text': p_distilled_kl,
 }
+
+
+def test_distilled_nll_claim_fails_on_a_bump():
+  """Falling overall but rising by more than half the fall between two neighbouring n: a
+  fit that got worse with more data is a defect even when the ends look right."""
+  claim = BY_ID['lm_distillation.nll_falls_with_n']
+  frames = frames_of(claim)
+  d = frames['lm_distillation']
+  lm = (d['source'] == 'lm_answers').to_numpy()
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.95, 1.5]  # total fall 0.5, a rise of 0.35
+  r = claims.evaluate(claim, frames)
+  assert r.status == claims.FAIL and 'largest rise' in r.detail, r
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.7, 1.5]  # a rise of 0.1 < 0.25: noise, passes
+  assert claims.evaluate(claim, frames).status == claims.PASS
 
 
 # ----------------------------------------------------------------------------- tests
