@@ -4,15 +4,15 @@ Prints a table (status, id, measured, expected, detail), writes <results_dir>/cl
 claims.md (a Markdown table) and, with --readme (repeatable), refreshes the generated blocks of
 each file given: the table between <!-- claims:begin --> and <!-- claims:end --> (docs/claims.md)
 and the counts line between <!-- claims-summary:begin --> and <!-- claims-summary:end -->
-(README.md). A claim whose CSV is missing is
-NOT RUN (not a pass). With --quick only the claims that make sense at `run_all.sh --quick`
-settings are checked, with their quick tolerances (ccmc_jax.claims.CLAIMS lists both).
+(README.md). A claim whose CSV is missing is NOT RUN (not a pass). With --quick only the claims
+that make sense at `run_all.sh --quick` settings are checked, with their quick tolerances
+(ccmc_jax.claims.CLAIMS lists both).
 
 Exit status: 0 when every run claim passes, 1 when one fails (or, with --require_all, one is
 not run), 2 with one line `error: ...` on unreadable input (a malformed CSV, a missing column).
 
   python -m experiments.claims                                  # results/
-  python -m experiments.claims --readme=README.md --readme=docs/claims.md   # and the docs
+  python -m experiments.claims --readme=README.md --readme=docs/claims.md  # refresh both
   python -m experiments.claims --quick --results_dir=results/quick
 """
 from __future__ import annotations

@@ -182,7 +182,7 @@ def test_tolerances_of_a_known_table_apply_without_a_recorded_field(tmp_path):
 
 
 def test_every_column_of_every_committed_table_has_a_tolerance():
-  """New columns need a measured tolerance (README, Reproducibility): none falls back to the
+  """New columns need a measured tolerance (docs/reproducing.md): none falls back to the
   default silently."""
   missing = []
   for name in sorted(os.listdir(RESULTS)):
