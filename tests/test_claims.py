@@ -353,7 +353,7 @@ def test_refresh_blocks_fills_the_table_and_the_counts_line():
     claims.refresh_blocks(summary + claims.SUMMARY_END, results, 'results')
 
 
-def _committed(path):
+def _committed_text(path):
   with open(os.path.join(ROOT, path), encoding='utf-8') as f:
     return f.read()
 
@@ -364,12 +364,12 @@ def test_docs_claims_table_and_readme_counts_match_committed_results():
   `python -m experiments.claims --readme=README.md --readme=docs/claims.md`; the measured digits
   are not compared, so a round-off change of a result does not fail here)."""
   results = claims.check(RESULTS)
-  text = _committed('docs/claims.md')
+  text = _committed_text('docs/claims.md')
   block = text[text.index(claims.README_BEGIN):text.index(claims.README_END)]
   rows = [line.split(' | ') for line in block.splitlines() if line.startswith('| `')]
   got = [(r[0][3:-1], r[-2], r[-1].strip(' |*')) for r in rows]
   assert got == [(r.id, r.expected, r.status) for r in results]
-  readme = _committed('README.md')
+  readme = _committed_text('README.md')
   assert claims.README_BEGIN not in readme  # the table lives in docs/claims.md only
   summary = readme[readme.index(claims.SUMMARY_BEGIN):readme.index(claims.SUMMARY_END)]
   assert summary == f'{claims.SUMMARY_BEGIN}\n{claims.to_summary(results, "results")}'
