@@ -6,7 +6,7 @@ pinned environment (``requirements.txt``). Another machine (another CPU instruct
 count or XLA optimisation level) changes float32 round-off, and the fits, Monte-Carlo Fisher
 pseudo-inverses and sampled trajectories carry that round-off into the results. Each column
 here has an ``(rtol, atol)`` pair for ``numpy.isclose(rerun, reference, rtol, atol)``, a few
-times the largest deviation measured over emulated machines (README, "Comparing results").
+times the largest deviation measured over emulated machines (docs/reproducing.md).
 Ill-conditioned quantities get loose tolerances (cross-attention's error, whose rows are not
 identifiable; a predicted error through a float32 pseudo-inverse of a near-singular Fisher
 matrix); round-off measurements (``max_abs_diff`` of attention vs CCMC, every bit noise) an
@@ -55,7 +55,7 @@ ITERATIONS = Tolerance(0.0, 2.0)  # a stopping test crossed a step or two later
 SAMPLED = Tolerance(0.0, 0.02, True)  # a statistic of a sampled path (see below)
 
 # Tolerances of the non-key columns of every results CSV (key columns are matched exactly).
-# The measured deviations behind each number: README, "Comparing results".
+# The measured deviations behind each number: docs/reproducing.md.
 #
 # Sampled paths (collapse trajectories, generated text): the next token is an argmax over
 # float32 scores plus Gumbel noise, so a last-bit change flips a token when two candidates tie

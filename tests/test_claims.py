@@ -427,16 +427,40 @@ def test_readme_block_is_replaced():
     claims.replace_block('no markers', 'x')
 
 
-def test_readme_block_matches_committed_results():
-  """The README's generated block lists every claim with the status and expected range the
-  committed results give (regenerate it with `python -m experiments.claims --readme=README.md`;
-  the measured digits are not compared, so a round-off change of a result does not fail here)."""
-  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-    text = f.read()
+def test_refresh_blocks_fills_the_table_and_the_counts_line():
+  results = [claims.Result('a.b', 'Fig. 1', 'x', 'ccmc_example', 1.0, '≤ 2', claims.PASS, ''),
+             claims.Result('c.d', 'Fig. 2', 'y', 'ccmc_example', 3.0, '≤ 2', claims.FAIL, '')]
+  summary = (f'intro\n{claims.SUMMARY_BEGIN}\nold\n{claims.SUMMARY_END}\n'
+             f'{claims.README_BEGIN}\nold\n{claims.README_END}\n')
+  new = claims.refresh_blocks(summary, results, 'results')
+  assert '1 PASS, 1 FAIL, 0 NOT RUN of 2 claims' in new and 'FAIL: `c.d`.' in new
+  assert '| `c.d` | Fig. 2 |' in new and 'old' not in new
+  with pytest.raises(io.ResultsError, match='needs a'):
+    claims.refresh_blocks('no markers', results, 'results')
+  with pytest.raises(io.ResultsError, match='exactly one'):
+    claims.refresh_blocks(summary + claims.SUMMARY_END, results, 'results')
+
+
+def _committed_text(path):
+  with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+    return f.read()
+
+
+def test_docs_claims_table_and_readme_counts_match_committed_results():
+  """docs/claims.md's generated table lists every claim with the status and expected range the
+  committed results give, and the README's counts line is what they give (regenerate both with
+  `python -m experiments.claims --readme=README.md --readme=docs/claims.md`; the measured digits
+  are not compared, so a round-off change of a result does not fail here)."""
+  results = claims.check(RESULTS)
+  text = _committed_text('docs/claims.md')
   block = text[text.index(claims.README_BEGIN):text.index(claims.README_END)]
   rows = [line.split(' | ') for line in block.splitlines() if line.startswith('| `')]
   got = [(r[0][3:-1], r[-2], r[-1].strip(' |*')) for r in rows]
-  assert got == [(r.id, r.expected, r.status) for r in claims.check(RESULTS)]
+  assert got == [(r.id, r.expected, r.status) for r in results]
+  readme = _committed_text('README.md')
+  assert claims.README_BEGIN not in readme  # the table lives in docs/claims.md only
+  summary = readme[readme.index(claims.SUMMARY_BEGIN):readme.index(claims.SUMMARY_END)]
+  assert summary == f'{claims.SUMMARY_BEGIN}\n{claims.to_summary(results, "results")}'
 
 
 def _script(*args, cwd):
