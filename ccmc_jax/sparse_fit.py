@@ -91,6 +91,9 @@ def _softmax_stats(z, v):
   return s, mean, jnp.maximum(var, 0.0)
 
 
+MAX_SCORE_STEP = 8.0  # nats: the most one CG iteration moves any score (a trust region)
+
+
 def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
   """Preconditioned nonlinear CG (Polak-Ribiere+) on all rows; returns (A_hat, iters, decrement).
 
@@ -136,13 +139,18 @@ def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
     d2 = w * _segment_sum(var, q, K) + ridge * pp
     d1 = jnp.sum(g * p, axis=1)
     alpha = jnp.where(d2 > 0, -d1 / jnp.where(d2 > 0, d2, 1.0), 0.0)
+    # Trust region: no score moves by more than MAX_SCORE_STEP nats in one iteration. Along a
+    # nearly flat direction (a token the data push to +inf, a tiny ridge) the curvature at 0
+    # is ~0 and the Newton step would be huge and overshoot far past the optimum.
+    cap = MAX_SCORE_STEP / jnp.maximum(jnp.max(jnp.abs(p), axis=1), 1e-30)
+    alpha = jnp.clip(alpha, -cap, cap)
     for _ in range(line_steps - 1):
       _, mean, var = _softmax_stats(z + alpha[q][:, None] * v, v)
       stats = w * _segment_sum(jnp.stack([mean, var], -1), q, K)
       d1 = stats[:, 0] - bp + ridge * (ap + alpha * pp)
       d2 = stats[:, 1] + ridge * pp
       step = jnp.where(d2 > 0, -d1 / jnp.where(d2 > 0, d2, 1.0), 0.0)
-      alpha = jnp.clip(alpha + step, 0.25 * alpha, 4.0 * alpha)
+      alpha = jnp.clip(jnp.clip(alpha + step, 0.25 * alpha, 4.0 * alpha), -cap, cap)
     return alpha, z + alpha[q][:, None] * v
 
   def body(state):
@@ -151,7 +159,10 @@ def _cg_solve(prompts, answers, K, cross, ridge, tol, max_iter, line_steps=2):
     A = A + alpha[:, None] * p
     s, g_new, y_new = gradient(A, z)
     gy_new = jnp.sum(g_new * y_new, axis=1)
-    beta = jnp.maximum((gy_new - jnp.sum(g_new * y, axis=1)) / jnp.maximum(gy, 1e-38), 0.0)
+    # Polak-Ribiere+; a row whose gy is exactly 0 (converged to float32 while others go on)
+    # gets beta = 0: 0/0 would be NaN (and a floor like 1e-38 is a subnormal, flushed to 0).
+    pr = gy_new - jnp.sum(g_new * y, axis=1)
+    beta = jnp.where(gy > 0, jnp.maximum(pr / jnp.where(gy > 0, gy, 1.0), 0.0), 0.0)
     p = -y_new + beta[:, None] * p
     descent = jnp.sum(g_new * p, axis=1) < 0
     p = jnp.where(descent[:, None], p, -y_new)  # restart a row when p is not downhill

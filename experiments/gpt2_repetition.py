@@ -53,15 +53,29 @@ def validate():
   return ids
 
 
+_MODEL = {}  # what made the table, for its sidecar (the figure's title reads it)
+
+
+def describe(model) -> str:
+  """The model in words: the suite's word-level LM (experiments.train_lm) or a GPT-2."""
+  c = model.config
+  size = (f'{c.n_layer} layers, d = {c.n_embd}, context {c.n_positions}, '
+          f'{gpt2.param_count(c) / 1e6:.2f} M parameters')
+  if isinstance(model.tokenizer, gpt2.WordTokenizer):
+    return f'a GPT-2-architecture word LM trained by this suite ({size})'
+  return f'GPT-2 ({size})'
+
+
 def run(prompt_ids, results):
   model = gpt2.load_gpt2(model_dir())
+  _MODEL['model'] = describe(model)
   ids, p = gpt2.greedy_decode(model, prompt_ids, _STEPS.value)
   results[NAME].add(gpt2.repetition_table(prompt_ids, ids, model.token_text, p, _NGRAM.value))
 
 
 def summary(frame):
   gen = frame[frame['part'] == 'generated']
-  return {'repeated_fraction': float(gen['repeated'].mean()),
+  return {'model': _MODEL.get('model', ''), 'repeated_fraction': float(gen['repeated'].mean()),
           'loop_period_and_tail': list(gpt2.loop_period(gen['token_id'].tolist()))}
 
 

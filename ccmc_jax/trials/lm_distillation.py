@@ -85,8 +85,8 @@ def fit_ccmc(X, y, V, ridges, validation):
     A = sparse_fit.fit_mle(Xc, yc, V, ridge=r).A_hat
     log_P = np.asarray(jax.nn.log_softmax(A, -1), np.float32)
     v = text.heldout_nll(log_P, val)
-    if best is None or v < best[2]:
-      best = (log_P, r, v)
+    if best is None or v < best[2] or np.isnan(best[2]):  # a NaN fit is never chosen over
+      best = (log_P, r, v)                                # a finite one (all NaN: NaN row)
   return best
 
 

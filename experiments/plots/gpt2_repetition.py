@@ -4,6 +4,7 @@ earlier, and the running repetition fraction with the greedy token's probability
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -51,7 +52,7 @@ def _texts(frame):
 
 
 def repetition_panel(ax, frame, columns: int = 10, max_rows: int = 24, chars: int = 8,
-                     fontsize: float = 6.5):
+                     fontsize: float = 6.5, model: str = 'GPT-2'):
   """Paper Fig. 5 (left): the greedy generation as a token grid read left to right, top to
   bottom; prompt tokens grey, generated tokens red where the n-gram ending there already
   occurred earlier in the text (repetition), blue otherwise. With more than ``max_rows`` rows
@@ -95,9 +96,9 @@ def repetition_panel(ax, frame, columns: int = 10, max_rows: int = 24, chars: in
   if period and tail >= 8:
     loop = (f'; the last {tail} tokens repeat one token' if period == 1 else
             f'; the last {tail} tokens repeat a {period}-token cycle')
-  title = (f'GPT-2 greedy decoding: {frac:.0%} of the {gen.sum()} generated tokens end a '
+  title = (f'{model[:1].upper() + model[1:]}, greedy decoding: {frac:.0%} of the {gen.sum()} generated tokens end a '
            f'{int(frame["ngram"].iloc[0])}-gram seen before{loop}')
-  ax.set_title('\n'.join(textwrap.wrap(title, 70)), fontsize=9)
+  ax.set_title('\n'.join(textwrap.wrap(title, 95)), fontsize=9)
   handles = [matplotlib.patches.Patch(color=COLORS[k], label=v) for k, v in
              (('prompt', 'prompt'), ('new', 'new n-gram'), ('repeated', 'repeated n-gram'))]
   ax.legend(handles=handles, loc='upper center', bbox_to_anchor=(0.5, -0.01), ncol=3,
@@ -119,11 +120,15 @@ def repetition_curve(ax, frame):
 
 
 def plot(csv_path):
-  """The figure from the CSV alone: the token grid and the running repetition curve."""
+  """The figure from the CSV (and its sidecar's description of the model): the token grid and
+  the running repetition curve."""
   frame = read_frame(csv_path)
+  meta = io.read_meta(os.path.splitext(csv_path)[0] + '.meta.json') or {}
+  model = meta.get('model') or 'GPT-2'  # the run's model in words (a sidecar without it: GPT-2)
   fig, (ax, ax2) = style.subplots(1, 2, figsize=(13, 6), gridspec_kw={'width_ratios': [1.6, 1]})
-  repetition_panel(ax, frame)
+  repetition_panel(ax, frame, model=model)
   repetition_curve(ax2, frame)
-  fig.suptitle('Paper Fig. 5 (left): a real transformer collapses into repetition')
+  fig.suptitle('Paper Fig. 5 (left), our version: a trained transformer\'s greedy answer '
+               'collapses into repetition')
   fig.tight_layout()
   return fig
