@@ -350,10 +350,11 @@ def test_distilled_nll_claim_fails_on_a_bump():
   frames = frames_of(claim)
   d = frames['lm_distillation']
   lm = (d['source'] == 'lm_answers').to_numpy()
-  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.95, 1.5]  # total fall 0.5, a rise of 0.35
+  tail = list(np.linspace(1.5, 1.45, lm.sum() - 3))  # as many n as the frame has (>= 4)
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.95] + tail  # total fall 0.55, a rise of 0.35
   r = claims.evaluate(claim, frames)
   assert r.status == claims.FAIL and 'largest rise' in r.detail, r
-  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.7, 1.5]  # a rise of 0.1 < 0.25: noise, passes
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.7] + tail  # a rise of 0.1 < 0.275: noise, passes
   assert claims.evaluate(claim, frames).status == claims.PASS
 
 
