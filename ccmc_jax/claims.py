@@ -1032,6 +1032,22 @@ def replace_block(text: str, block: str, path='README.md',
   return pattern.sub(lambda _: f'{begin}\n{block}{end}', text)
 
 
+def check_no_overwrite(results_dir, readmes, csv_path, md_path):
+  """The claims checker's --output: refuse (io.UserError naming the flag) a table that would replace
+  a results CSV the claims read, or a --readme file."""
+  if not csv_path:
+    return
+  written = {os.path.abspath(csv_path), os.path.abspath(md_path)}
+  for name in SCHEMAS:
+    if os.path.abspath(os.path.join(results_dir, f'{name}.csv')) in written:
+      raise io.UserError(f'--output={csv_path} is invalid: it would overwrite the results CSV '
+                         f'{name}.csv that the claims are checked on')
+  for readme in readmes:
+    if os.path.abspath(readme) in written:
+      raise io.UserError(f'--output={csv_path} is invalid: its Markdown table {md_path} would '
+                         f'overwrite --readme={readme}')
+
+
 def refresh_blocks(text: str, results: Sequence[Result], source: str, path='README.md') -> str:
   """``text`` with each generated claims block it holds refreshed: the table
   (:func:`to_markdown`) and the counts line (:func:`to_summary`). ``results=None`` only checks

@@ -69,21 +69,6 @@ def output_paths():
   return out, md
 
 
-def _check_no_overwrite(results_dir, readmes, csv_path, md_path):
-  """Refuse an --output whose table would replace a results CSV read here, or a --readme."""
-  if not csv_path:
-    return
-  written = {os.path.abspath(csv_path), os.path.abspath(md_path)}
-  for name in claims.SCHEMAS:
-    if os.path.abspath(os.path.join(results_dir, f'{name}.csv')) in written:
-      raise Error(f'--output={csv_path} is invalid: it would overwrite the results CSV '
-                  f'{name}.csv that the claims are checked on')
-  for readme in readmes:
-    if os.path.abspath(readme) in written:
-      raise Error(f'--output={csv_path} is invalid: its Markdown table {md_path} would '
-                  f'overwrite --readme={readme}')
-
-
 def read_readmes(paths):
   """{path: text} of the --readme files, each checked (before any work) to be UTF-8 text with
   well-formed generated claims blocks, and given once."""
@@ -109,7 +94,7 @@ def main(argv):
     raise Error(f'--results_dir={results_dir} is not a folder')
   texts = read_readmes(_README.value or [])
   csv_path, md_path = output_paths()
-  _check_no_overwrite(results_dir, texts, csv_path, md_path)
+  claims.check_no_overwrite(results_dir, texts, csv_path, md_path)
 
   try:
     results = claims.check(results_dir, quick=_QUICK.value)

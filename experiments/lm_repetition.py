@@ -1,19 +1,13 @@
 """A trained LM beside the CCMC on real text: repetition side by side, and how much of the LM's
 copying a 1-layer attention captures (issue 20; paper Sec. 4, Fig. 5 left).
 
-The LM (--hf_model_dir: a GPT-2-style folder trained on this corpus with the suite's vocabulary,
-``python -m experiments.train_lm``) and the sources of experiments.real_text continue the same
-held-out prompts (same corpus, K, L, seed) for the same T tokens: lm_greedy, lm_sample
-(temperature 1), lm_sample_t0.7, ccmc (growing context), ccmc_window, bigram, corpus. Beyond its
-context the LM sees a sliding window of its last n_positions tokens (absolute positions restart
-at 0 in every window). Metrics: seq-rep-4, distinct-n, top-1/top-5 share, the running top-1
-share. Likelihoods: held-out NLL per token of the LM vs the bigram chain; on held-out copy
-events the LM, the LM renormalised on the prompt's tokens, and the fitted CCMC.
-
-Outputs: results/lm_repetition.csv (source, prompt, metrics, sample text),
-results/lm_repetition_curves.csv (running top-1 share), results/lm_repetition_nll.csv
-(events, model, nll, count, copy_mass), figures/lm_repetition.{png,pdf}.
-
+The LM (--hf_model_dir, trained by ``python -m experiments.train_lm`` on this corpus and
+vocabulary) and the sources of experiments.real_text (same corpus, K, L, seed) continue the same
+held-out prompts for T tokens: lm_greedy, lm_sample (temperature 1), lm_sample_t0.7, ccmc,
+ccmc_window, bigram, corpus (beyond its context the LM sees its last n_positions tokens).
+Metrics: seq-rep-4, distinct-n, top-1/top-5 share, running top-1 share; held-out NLL per token
+(LM, bigram chain) and on copy events (LM, LM renormalised on the prompt, fitted CCMC).
+Outputs: results/lm_repetition{,_curves,_nll}.csv, figures/lm_repetition.{png,pdf}:
   python -m experiments.lm_repetition                     # results/train_lm, KJV, K=2000
   python -m experiments.lm_repetition --quick             # python_docs, K from the folder
 """
@@ -80,7 +74,6 @@ def prepared(prompt_Ts, prompts):
   Generation prompts are chosen for the first T of ``prompt_Ts`` that the held-out blocks fit."""
   from ccmc_jax import text  # pylint: disable=import-outside-toplevel
   from ccmc_jax.trials import lm_repetition as lm  # pylint: disable=import-outside-toplevel
-  from ccmc_jax.trials import real_text  # pylint: disable=import-outside-toplevel
   common.check_int('K', _K.value, 2, 20000)
   common.check_int('L', _L.value, 2, 4096)
   common.check_float('ridge', _RIDGE.value, 0, None, lo_open=True)
@@ -90,16 +83,8 @@ def prepared(prompt_Ts, prompts):
   try:
     config = gpt2.check_model_dir(model_dir())
     common.check_memory(memory.gpt2(model_dir(), gpt2.param_count(config)))
-    corpus = lm.read_corpus(_CORPUS.value, _FILE.value)
-    for i, prompt_T in enumerate(prompt_Ts):
-      try:
-        prep = real_text.prepare(corpus, _K.value, _L.value, prompt_T, prompts,
-                                 flags.FLAGS.seed)
-        break
-      except text.TextError:
-        if i == len(prompt_Ts) - 1:
-          raise
-    lm.check_model_folder(model_dir(), prep.vocab)
+    prep = lm.prepare_for_model(model_dir(), _CORPUS.value, _FILE.value, _K.value, _L.value,
+                                prompt_Ts, prompts, flags.FLAGS.seed)
   except text.TextError as e:
     msg = str(e)
     if _FILE.value and msg.startswith(_FILE.value):
@@ -132,16 +117,15 @@ def run(prep, results):
                smoothing=[float(s) for s in _SMOOTH.value], seed=flags.FLAGS.seed,
                copy_events=_COPY.value, progress=lambda msg: common.progress(f'{NAME}: {msg}'))
   _OUT.update(out)
-  corpus = 'file' if _FILE.value is not None else _CORPUS.value
-  extra = {'corpus': corpus, 'K': _K.value, 'L': _L.value, 'T': _T.value}
+  extra = {'corpus': 'file' if _FILE.value is not None else _CORPUS.value, 'K': _K.value,
+           'L': _L.value, 'T': _T.value}
   with results.unit():
-    results['lm_repetition'].add(pd.DataFrame({**out['text'], **extra}))
-    results['lm_repetition_curves'].add(pd.DataFrame({**out['curves'], **extra}))
-    results['lm_repetition_nll'].add(pd.DataFrame({**out['nll'], **extra}))
+    for name, part in zip(KEYS, ('text', 'curves', 'nll')):
+      results[name].add(pd.DataFrame({**out[part], **extra}))
 
 
-def summary(_):
-  return {'summary': _OUT['summary'], 'choices': _OUT['choices']}
+def summary(_):  # the sidecar's summary and choices
+  return {k: _OUT[k] for k in ('summary', 'choices')}
 
 
 def message(s):

@@ -47,6 +47,22 @@ def read_corpus(corpus, corpus_file=None) -> str:
   return text.read_kjv() if corpus == 'kjv' else text.read_python_docs()
 
 
+def prepare_for_model(model_dir, corpus, corpus_file, K, L, prompt_Ts, prompts, seed):
+  """``real_text.prepare`` of the corpus (its vocabulary, split and prompts) for the first T of
+  ``prompt_Ts`` whose prompts the held-out blocks fit, after checking the LM folder against its
+  vocabulary (weights not read). Raises TextError (the corpus, no T fits) or GPT2Error."""
+  corpus_text = read_corpus(corpus, corpus_file)
+  for i, prompt_T in enumerate(prompt_Ts):
+    try:
+      prep = real_text.prepare(corpus_text, K, L, prompt_T, prompts, seed)
+      break
+    except text.TextError:
+      if i == len(prompt_Ts) - 1:
+        raise
+  check_model_folder(model_dir, prep.vocab)
+  return prep
+
+
 def check_model_folder(model_dir, vocab) -> gpt2.GPT2Config:
   """The folder's config (weights not read) agrees with ``vocab`` (the suite's, K + 1 tokens):
   ``vocab_size == K + 1`` and, when the folder has a ``vocab.json`` (word -> id), that it is
