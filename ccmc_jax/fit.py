@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ccmc_jax import checks
 from ccmc_jax import model
 from ccmc_jax.sampling import Dataset
 
@@ -302,8 +303,14 @@ def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-4, max_ite
     max_iter: Newton iterations at most.
   Returns:
     FitResult; ``A_hat`` has zero row means (the gauge), ``softmax(A_hat)`` estimates ``P``.
+  Raises:
+    ValueError: ``K`` or ``capacity`` not an int >= 1, ``data`` shapes inconsistent with ``K``
+      (always, under ``jit`` too); called eagerly, ids outside ``[0, K)`` or negative counts
+      (under ``jit`` such samples are not checked: use :func:`fit_dataset`, which checks them).
   References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
   """
+  K, capacity = checks.size('K', K), checks.size('capacity', capacity)
+  checks.dataset(data, K)
   g, dropped = group_by_query(data, K, capacity, n)
   return fit_grouped(g, ridge, tol, max_iter)._replace(dropped=dropped)
 
@@ -338,18 +345,22 @@ def fit_dataset(data: Dataset, K, n=None, ridge=1e-6, tol=1e-4, max_iter=50) -> 
     FitResult (batched like ``data``): ``A_hat`` row-centred scores, ``softmax(A_hat, -1)``
     estimates ``P``; ``dropped`` is 0.
   Raises:
-    ValueError: ``K`` does not match the data, token ids outside ``[0, K)``, or a bad ``n``.
+    ValueError: ``K`` does not match the data, token ids outside ``[0, K)``, negative counts,
+      a bad ``n``, ``ridge``, ``tol`` or ``max_iter``.
   References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
   """
-  query = np.asarray(data.query)
-  if data.counts.shape[-1] != K:
+  K = checks.size('K', K, 2)
+  counts_shape = checks.shape_of(getattr(data, 'counts', None))
+  if counts_shape and counts_shape[-1] != K:
     raise ValueError(f'K={K} does not match the data set: its counts have '
-                     f'{data.counts.shape[-1]} columns')
-  if query.size == 0 or query.min() < 0 or query.max() >= K:
-    raise ValueError(f'query tokens must lie in [0, K) = [0, {K}); got '
-                     f'[{query.min() if query.size else "empty"}, '
-                     f'{query.max() if query.size else "empty"}]')
-  N = query.shape[-1]
+                     f'{counts_shape[-1]} columns')
+  N = checks.dataset(data, K)
+  for name, value in (('ridge', ridge), ('tol', tol)):
+    checks.number(name, value, 0)
+  checks.size('max_iter', max_iter)
+  query = np.asarray(data.query)
+  if n is not None and (isinstance(n, bool) or not float(n).is_integer()):
+    raise ValueError(f'n={n!r}: allowed range is 1 <= n <= N = {N} (an integer)')
   n = N if n is None else int(n)
   if not 1 <= n <= N:
     raise ValueError(f'n={n}: allowed range is 1 <= n <= N = {N} (the data set size)')

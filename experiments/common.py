@@ -69,7 +69,10 @@ def check_int(name, value, lo, hi=None):
 
 
 def check_float(name, value, lo=None, hi=None, lo_open=False):
-  """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
+  """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``), for a float flag or
+  every element of a list flag (an empty list is refused)."""
+  if isinstance(value, (list, tuple)) and not value:
+    raise FlagError(f'--{name} is empty: give at least one value')
   for v in value if isinstance(value, (list, tuple)) else [value]:
     try:
       v = float(v)
@@ -222,6 +225,7 @@ class Results:
     with uninterrupted():
       self.write_meta('complete', rows=len(self.frame), wall_time_s=round(wall, 2),
                       tolerances=tolerances.for_table(self.name), **extra)  # used by compare
+      self.run._wrote = True  # pylint: disable=protected-access
     if self._own_run:
       self.run.close()
     return wall
@@ -248,13 +252,17 @@ class Run(dict):
     tables = [t if isinstance(t, Results) else Results(*t, flag_dict, run=self) for t in tables]
     super().__init__((t.name, t) for t in tables)
     self.flags, self.main, self.journal = flag_dict, tables[0], {}
-    self._unit, self._locks = None, []
+    self._unit, self._locks, self._wrote = None, [], False
     for t in tables:
       t.run = self
+    # What the folder held before this run, so that a run refused or stopped before it wrote
+    # any table leaves it as it found it (discard).
+    self._before = {t.meta_path: _read_bytes(t.meta_path) for t in tables}
     try:
       for t in tables:
-        self._locks.append(io.lock(os.path.join(os.path.dirname(t.path), f'.{t.name}.lock'),
-                                   what=t.path))
+        path = os.path.join(os.path.dirname(t.path), f'.{t.name}.lock')
+        created = not os.path.exists(path)
+        self._locks.append((io.lock(path, what=t.path), path if created else None))
       if resume:
         self._resume([self[name] for name in resume])
       for t in tables:  # temporaries of a killed run (none once a --resume has used them)
@@ -265,7 +273,7 @@ class Run(dict):
         for t in tables:
           t.write_meta('partial')
     except BaseException:
-      self.close()
+      self.discard()
       raise
 
   def _resume(self, tables):
@@ -351,11 +359,50 @@ class Run(dict):
             os.unlink(tmp)
       for t in tables:
         t.frame = io.parse_csv_text(texts[t.name])
+    self._wrote = True
 
   def close(self):
     """Release the locks (the process's end releases them too)."""
     while self._locks:
-      os.close(self._locks.pop())
+      io.unlock(self._locks.pop()[0])
+
+  def discard(self):
+    """End a run that wrote no table (refused: a bad --resume, a model folder that cannot be
+    used, an error before the first result; or stopped): its sidecars are put back as they
+    were (or removed), the lock files it created are removed, the locks released. The folder
+    is left as the run found it. After a table was written, only the locks are released (the
+    sidecars then say 'partial', for --resume)."""
+    if not self._wrote:
+      with uninterrupted():
+        for path, before in self._before.items():
+          if before is None:
+            if os.path.exists(path):
+              os.unlink(path)
+          elif _read_bytes(path) != before:
+            io.atomic_write(path, lambda f, b=before: f.write(b), mode='wb')
+        while self._locks:
+          io.unlock(*self._locks.pop())
+    self.close()
+
+  @contextlib.contextmanager
+  def session(self):
+    """``with run.session():`` the body of a run: :meth:`discard` if it raises, else
+    :meth:`close`."""
+    try:
+      yield self
+    except BaseException:
+      self.discard()
+      raise
+    self.close()
+
+
+def _read_bytes(path):
+  """The bytes of a file, None when there is none."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError:
+    return None
 
 
 _INTERRUPT = {'depth': 0, 'signal': None, 'received': None}
@@ -417,8 +464,9 @@ def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary
   if not FLAGS.plot_only:
     _, flag_dict = start(validate, flag_names)
     results = Results(name, keys, flag_dict, FLAGS.resume)  # locked until finish
-    run_experiment(results)
-    wall = results.finish(**summary(results.frame))
+    with results.run.session():
+      run_experiment(results)
+      wall = results.finish(**summary(results.frame))
     progress(f'{name}: wrote {results.path} in {wall:.1f} s')
   paths = plot(csv)
   progress(f'{name}: wrote {", ".join(paths)}')
@@ -483,7 +531,7 @@ def main(spec: Spec):
     checked, flag_dict = start(spec.validate, spec.flag_names)
     results = Run(flag_dict, [(t.name, t.keys) for t in spec.tables],
                   [t.name for t in spec.tables if FLAGS.resume and t.resume])
-    try:
+    with results.session():
       spec.run(checked, results)
       for t in reversed(spec.tables):  # the main table last: its wall time covers the run
         stats = t.summary(results[t.name].frame) if t.summary else {}
@@ -492,8 +540,6 @@ def main(spec: Spec):
       line = spec.message(stats) + '; ' if spec.message else ''
       progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
       figures = save_figure(spec.plot(*paths), spec.name)  # under the lock: the CSVs it drew
-    finally:
-      results.close()
   else:
     figures = save_figure(spec.plot(*paths), spec.name)
   progress(f'{spec.name}: wrote {", ".join(figures)}')
