@@ -143,9 +143,9 @@ def prompt_sampler(prompt_fn, K, L):
   for attr, want in (('K', K), ('L', L)):
     have = getattr(prompt_fn, attr, None)
     if have is not None and have != want:
-      what = 'tokens over [0, K)' if attr == 'K' else 'prompts of length L'
-      raise ValueError(f'prompt_fn draws {what} with {attr} = {have}, but {attr} = {want} '
-                       f'({"the scores are K x K" if attr == "K" else "the L argument"})')
+      what = ('tokens over [0, K) with K = {} (the scores are K x K)' if attr == 'K' else
+              'prompts of length L = {} (the L argument)').format(want)
+      raise ValueError(f'prompt_fn must draw {what}, got a sampler with {attr} = {have}')
 
 
 def prompts_drawn(X, n, L, K):
