@@ -6,7 +6,7 @@
 Each setting runs in a fresh process (``python -m experiments.<name> ... --results_dir=tmp``);
 its peak resident memory is the child's ``ru_maxrss`` (``os.wait4``). The estimate is
 ``ccmc_jax.memory.peak`` of the terms the script's ``validate()`` checks. An estimate may err
-high (ratio above 1: the check refuses a little early), never low; the table in the README was
+high (ratio above 1: the check refuses a little early), never low; the table in docs/performance.md was
 made with this script. Keep the settings within a few GB: the machine is shared.
 """
 from __future__ import annotations

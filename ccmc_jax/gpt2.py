@@ -1,8 +1,10 @@
 """GPT-2 from LOCAL files: reader, byte-level BPE tokenizer, JAX forward pass, greedy decoder.
 
 An optional module for the repetition experiment (paper Sec. 4, Fig. 5 left:
-``python -m experiments.gpt2_repetition --hf_model_dir=<folder>``); the rest of ``ccmc_jax``
-never imports it and nothing is ever downloaded.
+``python -m experiments.gpt2_repetition --hf_model_dir=<folder>``) and the trained-LM
+experiments (``ccmc_jax/trials/lm_*.py``: batched sliding-window decoding with :func:`decode`,
+next-token laws with :func:`next_token_log_probs`); the rest of ``ccmc_jax`` never imports it
+and nothing is ever downloaded.
 
 No PyTorch or transformers: a Hugging Face GPT-2 folder is read with numpy (config.json,
 model.safetensors, and optionally vocab.json + merges.txt for the tokenizer), the forward pass
@@ -32,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccmc_jax import sampling
+from ccmc_jax import text
 from ccmc_jax.errors import UserError
 
 TABLE_COLUMNS = ['ngram', 'step', 'part', 'token_id', 'token_text', 'seen', 'repeated',
@@ -232,6 +236,28 @@ def read_safetensors(path, names: Optional[Sequence[str]] = None, model_dir=None
   return out
 
 
+def safetensors_bytes(tensors: dict, metadata: Optional[dict] = None) -> bytes:
+  """The bytes of a .safetensors file holding ``tensors`` (name -> numpy float32 array), the
+  inverse of :func:`read_safetensors`: tensors in name order, the JSON header (sorted keys, no
+  spaces) padded with spaces to a multiple of 8 bytes as the reference writer does. The same
+  arrays always give the same bytes."""
+  header, chunks, offset = {}, [], 0
+  if metadata:
+    header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+  for name in sorted(tensors):
+    a = np.asarray(tensors[name])
+    if a.dtype != np.float32:
+      raise ValueError(f'tensors[{name!r}] has dtype {a.dtype}; only float32 is written')
+    raw = a.astype('<f4').tobytes()
+    header[name] = {'dtype': 'F32', 'shape': list(a.shape),
+                    'data_offsets': [offset, offset + len(raw)]}
+    chunks.append(raw)
+    offset += len(raw)
+  text = json.dumps(header, sort_keys=True, separators=(',', ':')).encode('utf-8')
+  text += b' ' * (-len(text) % 8)
+  return len(text).to_bytes(8, 'little') + text + b''.join(chunks)
+
+
 # Per-block tensors: (our name, Hugging Face suffix, shape as a function of the config).
 _BLOCK_TENSORS = (
     ('ln_1_g', 'ln_1.weight', lambda c: (c.n_embd,)),
@@ -311,6 +337,47 @@ def param_count(config: GPT2Config) -> int:
   return sum(math.prod(s) for s in shapes)
 
 
+def param_shapes(config: GPT2Config) -> dict:
+  """The shape of every parameter of :class:`GPT2` ``params`` (tied lm_head): top-level names,
+  and ``blocks`` a list of per-layer dicts, the layout :func:`load_gpt2` returns."""
+  shapes = {ours: shape_fn(config) for ours, _, shape_fn in _TOP_TENSORS}
+  shapes['blocks'] = [{ours: shape_fn(config) for ours, _, shape_fn in _BLOCK_TENSORS}
+                      for _ in range(config.n_layer)]
+  return shapes
+
+
+def params_to_tensors(params, config: GPT2Config, prefix='transformer.') -> dict:
+  """``params`` (the :class:`GPT2` layout, tied lm_head) as Hugging Face tensor names ->
+  float32 numpy arrays, the inverse of :func:`load_gpt2`'s mapping. Raises ValueError naming
+  the parameter whose shape disagrees with ``config``."""
+  out = {}
+  items = [(ours, suffix, shape_fn, params[ours]) for ours, suffix, shape_fn in _TOP_TENSORS]
+  if len(params['blocks']) != config.n_layer:
+    raise ValueError(f'params has {len(params["blocks"])} blocks but n_layer={config.n_layer}')
+  for i, p in enumerate(params['blocks']):
+    items += [(f'{ours}/{i}', f'h.{i}.{suffix}', shape_fn, p[ours])
+              for ours, suffix, shape_fn in _BLOCK_TENSORS]
+  for ours, suffix, shape_fn, value in items:
+    a = np.asarray(value, np.float32)
+    if a.shape != shape_fn(config):
+      raise ValueError(f'params[{ours!r}] has shape {a.shape}, config implies '
+                       f'{shape_fn(config)}')
+    out[prefix + suffix] = a
+  return out
+
+
+def config_dict(config: GPT2Config) -> dict:
+  """The config.json of ``config`` (a Hugging Face GPT-2 config that :func:`read_config` reads
+  back to the same GPT2Config)."""
+  act = {'gelu_new': 'gelu_new', 'gelu': 'gelu'}[config.activation]
+  return {'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel'],
+          'n_layer': config.n_layer, 'n_head': config.n_head, 'n_embd': config.n_embd,
+          'vocab_size': config.vocab_size, 'n_positions': config.n_positions,
+          'n_ctx': config.n_positions, 'n_inner': config.n_inner or None,
+          'layer_norm_epsilon': config.layer_norm_epsilon, 'activation_function': act,
+          'tie_word_embeddings': True}
+
+
 def check_model_dir(model_dir, max_tokens: Optional[int] = None) -> GPT2Config:
   """Cheap validation: config.json, the safetensors header and every tensor shape, without
   reading the weights. ``max_tokens`` (prompt + steps) must fit n_positions.
@@ -335,7 +402,7 @@ class GPT2(NamedTuple):
   copies each layer's slice every step (2x slower decoding for GPT-2 small in our timing)."""
   config: GPT2Config
   params: dict
-  tokenizer: Optional['BPETokenizer']
+  tokenizer: Optional['BPETokenizer']  # or a WordTokenizer (word-level folders)
   model_dir: str = ''
 
   def token_text(self, token_id: int) -> str:
@@ -507,6 +574,160 @@ def greedy_decode(model: GPT2, prompt_ids: Sequence[int], steps: int):
 
 
 # ------------------------------------------------------------------------------------------
+# Sliding-window decoding beyond the context, batched over prompts (greedy and sampled)
+# ------------------------------------------------------------------------------------------
+
+MAX_STEPS = 100_000  # sliding-window generations may run past n_positions
+
+
+def _window_logits(params, config: GPT2Config, window_S, count):
+  """Next-token logits after the last ``count`` tokens of ``window_S`` (S = n_positions).
+
+  The first ``S - count`` entries are padding: masked out as keys, and the ``count`` real tokens
+  get positions ``0..count-1`` (absolute positions restart in every window). A padded query
+  attends to itself only, so no row is all ``-inf`` (a NaN there would reach the real rows
+  through ``0 * NaN`` in the next layer). Equals ``forward(window_S[-count:])[-1]``.
+  """
+  S = window_S.shape[0]
+  j = jnp.arange(S)
+  offset = S - count
+  pos = jnp.maximum(j - offset, 0)
+  x = params['wte'][window_S] + params['wpe'][pos]
+  causal = j[None, :] <= j[:, None]
+  mask = causal & ((j >= offset)[None, :] | (j[None, :] == j[:, None]))
+  for p in params['blocks']:
+    x, _, _ = _block(x, p, config, lambda k, v: (k, v, mask))
+  return _unembed(x[-1], params, config)
+
+
+def _check_contexts(config: GPT2Config, contexts, arg='prompts'):
+  """A (N, C) int array of token ids in [0, vocab_size), N, C >= 1 (one-line GPT2Error)."""
+  X = np.asarray(contexts)
+  if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1 or not np.issubdtype(X.dtype, np.integer):
+    raise GPT2Error(arg, f': expected a (N, length) integer array with N, length >= 1, got '
+                    f'{X.dtype} shape {X.shape}')
+  if X.min() < 0 or X.max() >= config.vocab_size:
+    raise GPT2Error(arg, f': token ids must be in [0, {config.vocab_size - 1}]')
+  return X.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _next_token_program(config: GPT2Config, C: int, batch: int):
+  """jit: (N, C) contexts -> (N, vocab_size) float32 log-probabilities of the next token, each
+  from its last min(C, n_positions) tokens, ``batch`` contexts at a time (``lax.map``)."""
+  S = config.n_positions
+  count = min(C, S)
+
+  def next_token_log_probs(params, contexts_NxC):
+    window = contexts_NxC[:, C - count:]
+    if count < S:
+      window = jnp.pad(window, ((0, 0), (S - count, 0)))
+    return jax.lax.map(lambda w: jax.nn.log_softmax(_window_logits(params, config, w, count)),
+                       window, batch_size=batch)
+
+  return jax.jit(next_token_log_probs)
+
+
+def next_token_log_probs(model: GPT2, contexts, batch: int = 256) -> np.ndarray:
+  """The model's next-token law after each context, from its last ``n_positions`` tokens.
+
+  Args:
+    model: a loaded GPT2.
+    contexts: (N, C) token ids; a context longer than n_positions is cut to its last
+      n_positions tokens (positions 0..n_positions-1), a shorter one is used whole.
+    batch: contexts per forward pass (memory: batch x n_positions activations).
+  Returns:
+    (N, vocab_size) float32 log-probabilities. Equals ``log_softmax(forward(context)[-1])``.
+  References: Radford et al. (2019); the LM side of the CCMC comparison (paper Lemma 2.2).
+  """
+  X = _check_contexts(model.config, contexts, 'contexts')
+  _check_count('batch', batch)
+  fn = _next_token_program(model.config, X.shape[1], int(batch))
+  return np.asarray(fn(model.params, jnp.asarray(X)))
+
+
+@functools.lru_cache(maxsize=None)
+def _window_decoder(config: GPT2Config, P: int, T: int):
+  """jit of batched decoding of T tokens after (N, P) prompts with a sliding window.
+
+  One ``lax.scan`` over the T steps (one compilation per shape (N, P, T), whatever the
+  temperature and the key): step t feeds the last min(P + t, n_positions) tokens, left-padded
+  to n_positions, through :func:`_window_logits` (vmapped over prompts) and appends the argmax
+  (temperature 0) or an inverse-CDF draw from softmax(logits / temperature) with one uniform per
+  row (cheaper than a Gumbel vector over the vocabulary). No key/value cache: positions restart
+  in every window, so each step recomputes the whole window.
+  """
+  S = config.n_positions
+
+  def sliding_window_decode(params, prompts_NxP, keys_N, temperature):
+    N = prompts_NxP.shape[0]
+    buf = jnp.zeros((N, S + P + T), jnp.int32).at[:, S:S + P].set(prompts_NxP)
+    rows = jnp.arange(N)
+    hot = temperature > 0
+    inv_temp = 1.0 / jnp.where(hot, temperature, 1.0)
+
+    def step(buf, t):
+      end = S + P + t  # the column this step writes
+      window = jax.lax.dynamic_slice_in_dim(buf, end - S, S, axis=1)
+      count = jnp.minimum(P + t, S)
+      logits = jax.vmap(lambda w: _window_logits(params, config, w, count))(window)
+      logp = jax.nn.log_softmax(logits, axis=-1)
+      u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t)))(keys_N)
+      drawn = sampling.categorical_from_uniform(u, jax.nn.log_softmax(logits * inv_temp, -1))
+      y = jnp.where(hot, drawn, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+      buf = jax.lax.dynamic_update_slice_in_dim(buf, y[:, None], end, axis=1)
+      return buf, logp[rows, y]
+
+    buf, logp = jax.lax.scan(step, buf, jnp.arange(T))
+    return buf[:, S + P:], logp.T
+
+  return jax.jit(sliding_window_decode)
+
+
+def decode(model: GPT2, prompts, steps: int, *, key=None, temperature: float = 0.0):
+  """Decode ``steps`` tokens after each of N prompts at once: greedy (``temperature=0``) or
+  sampled from softmax(logits / temperature), with a sliding window of the last n_positions
+  tokens once the text outgrows the context (absolute positions then restart at 0 in every
+  window: the model sees each window as a fresh text).
+
+  Args:
+    model: a loaded GPT2.
+    prompts: (N, P) token ids in [0, vocab_size).
+    steps: tokens to generate per prompt, in [1, 100000] (may exceed n_positions).
+    key: PRNG key (needed when temperature > 0); prompt i draws from ``fold_in(key, i)``,
+      step t from ``fold_in(fold_in(key, i), t)``, so a row does not depend on N.
+    temperature: >= 0 (a traced value: greedy and every temperature share one compilation).
+  Returns:
+    (tokens, log_p): int32 (N, steps) generated tokens and float32 (N, steps) the model's
+    log-probability (at temperature 1) of each generated token.
+  References: paper Fig. 5 (left): a language model's output degenerating into repetition.
+  """
+  X = _check_contexts(model.config, prompts)
+  try:
+    ok = int(steps) == float(steps) and 1 <= int(steps) <= MAX_STEPS
+  except (TypeError, ValueError, OverflowError):
+    ok = False
+  if not ok:
+    raise GPT2Error('steps', f'={steps} is invalid: allowed values are an integer in '
+                    f'[1, {MAX_STEPS}]')
+  try:
+    temp = float(temperature)
+  except (TypeError, ValueError):
+    temp = math.nan
+  if not (math.isfinite(temp) and temp >= 0):
+    raise GPT2Error('temperature', f'={temperature} is invalid: allowed values are finite '
+                    'numbers >= 0')
+  if key is None:
+    if temp > 0:
+      raise GPT2Error('temperature', f'={temp:g} needs a PRNG key (key=...)')
+    key = jax.random.PRNGKey(0)  # unused by greedy decoding
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(X.shape[0]))
+  tokens, logp = _window_decoder(model.config, X.shape[1], int(steps))(
+      model.params, jnp.asarray(X), keys, jnp.float32(temp))
+  return np.asarray(tokens, np.int32), np.asarray(logp, np.float32)
+
+
+# ------------------------------------------------------------------------------------------
 # Byte-level BPE tokenizer (vocab.json + merges.txt)
 # ------------------------------------------------------------------------------------------
 
@@ -589,13 +810,86 @@ class BPETokenizer:
     return bytes(self.byte_decoder[c] for c in chars).decode('utf-8', errors='replace')
 
 
-def load_tokenizer(model_dir) -> Optional[BPETokenizer]:
-  """The BPE tokenizer of ``model_dir`` (vocab.json + merges.txt), or None if both are absent.
+# ------------------------------------------------------------------------------------------
+# Word-level tokenizer (the suite's own word vocabulary: vocab.json + a word-level marker)
+# ------------------------------------------------------------------------------------------
+
+WORD_LEVEL = 'CcmcWordTokenizer'  # tokenizer_config.json's tokenizer_class of a word vocabulary
+
+
+class WordTokenizer:
+  """The suite's word vocabulary (``ccmc_jax.text``): lower-cased words and punctuation
+  (:func:`ccmc_jax.text.tokenize`), id k = the k-th word of vocab.json, words outside it ->
+  ``<unk>``; decoding joins words with spaces (:func:`ccmc_jax.text.detokenize`)."""
+
+  def __init__(self, encoder: dict):
+    self.encoder = dict(encoder)
+    self.vocab = [w for w, _ in sorted(self.encoder.items(), key=lambda kv: kv[1])]
+    self.decoder = dict(enumerate(self.vocab))
+
+  def encode(self, text_: str) -> list:
+    """Token ids of ``text_``."""
+    return text.encode(text.tokenize(text_), self.vocab).tolist()
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of token ids."""
+    bad = [int(i) for i in ids if int(i) not in self.decoder]
+    if bad:
+      raise ValueError(f'token id {bad[0]} is not in vocab.json')
+    return text.detokenize(np.asarray(ids, np.int64), self.vocab)
+
+
+def word_tokenizer_config(vocab_size: int, model_max_length: int) -> dict:
+  """The tokenizer_config.json of a word-level folder (read by :func:`load_tokenizer`)."""
+  return {'tokenizer_class': WORD_LEVEL, 'word_level': True, 'unk_token': text.UNK,
+          'vocab_size': vocab_size, 'model_max_length': model_max_length,
+          'tokenize': 'ccmc_jax.text.tokenize (lower-cased words and punctuation)'}
+
+
+def _load_word_tokenizer(model_dir, vocab_path) -> WordTokenizer:
+  try:
+    with open(vocab_path, encoding='utf-8') as f:
+      encoder = json.load(f)
+  except FileNotFoundError:
+    raise _fail(model_dir, 'tokenizer_config.json says word-level but there is no vocab.json '
+                '(word -> id)') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'vocab.json is not readable ({e})') from None
+  if not isinstance(encoder, dict) or not all(
+      isinstance(v, int) and not isinstance(v, bool) for v in encoder.values()):
+    raise _fail(model_dir, 'vocab.json is not a JSON object of word -> id')
+  if sorted(encoder.values()) != list(range(len(encoder))):
+    raise _fail(model_dir, f'vocab.json: the ids of its {len(encoder)} words are not exactly '
+                f'0..{len(encoder) - 1}')
+  if text.UNK not in encoder:
+    raise _fail(model_dir, f'vocab.json has no {text.UNK} (a word-level vocabulary needs it)')
+  return WordTokenizer(encoder)
+
+
+def _word_level(model_dir) -> bool:
+  """Whether tokenizer_config.json marks the folder's vocab.json as word-level."""
+  path = os.path.join(model_dir, 'tokenizer_config.json')
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, encoding='utf-8') as f:
+      cfg = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise _fail(model_dir, f'tokenizer_config.json is not readable JSON ({e})') from None
+  return isinstance(cfg, dict) and cfg.get('tokenizer_class') == WORD_LEVEL
+
+
+def load_tokenizer(model_dir):
+  """The tokenizer of ``model_dir``: a :class:`WordTokenizer` when tokenizer_config.json says
+  word-level (vocab.json word -> id), else the BPE tokenizer (vocab.json + merges.txt), or None
+  if both files are absent.
 
   Raises GPT2Error (one line) if only one of them exists or either is malformed.
   """
   vocab_path = os.path.join(model_dir, 'vocab.json')
   merges_path = os.path.join(model_dir, 'merges.txt')
+  if _word_level(model_dir):
+    return _load_word_tokenizer(model_dir, vocab_path)
   have = [os.path.isfile(vocab_path), os.path.isfile(merges_path)]
   if not any(have):
     return None

@@ -216,7 +216,7 @@ def fit_mle(prompts, answers, K, *, cross=False, ridge=1e-6, method='auto', tol=
   * 'newton': the dense batched damped Newton of :mod:`ccmc_jax.fit` on count vectors (memory
     O(nK), work O(nK + K^4) per iteration): faster for small K.
   * 'auto': 'newton' for K <= ``NEWTON_MAX_K`` (and n K <= ``NEWTON_MAX_NK``), else 'cg'
-    (the crossover measured by ``python -m benchmarks.large_k``, see the README).
+    (the crossover measured by ``python -m benchmarks.large_k``, see docs/performance.md).
 
   Stopping rule (both solvers): every row's ``n g^T M^{-1} g < tol`` (in nats; ``M`` the
   Hessian for Newton, its diagonal for 'cg'), about twice the row's gap to the optimal

@@ -6,7 +6,7 @@ pinned environment (``requirements.txt``). Another machine (another CPU instruct
 count or XLA optimisation level) changes float32 round-off, and the fits, Monte-Carlo Fisher
 pseudo-inverses and sampled trajectories carry that round-off into the results. Each column
 here has an ``(rtol, atol)`` pair for ``numpy.isclose(rerun, reference, rtol, atol)``, a few
-times the largest deviation measured over emulated machines (README, "Comparing results").
+times the largest deviation measured over emulated machines (docs/reproducing.md).
 Ill-conditioned quantities get loose tolerances (cross-attention's error, whose rows are not
 identifiable; a predicted error through a float32 pseudo-inverse of a near-singular Fisher
 matrix); round-off measurements (``max_abs_diff`` of attention vs CCMC, every bit noise) an
@@ -55,13 +55,22 @@ ITERATIONS = Tolerance(0.0, 2.0)  # a stopping test crossed a step or two later
 SAMPLED = Tolerance(0.0, 0.02, True)  # a statistic of a sampled path (see below)
 
 # Tolerances of the non-key columns of every results CSV (key columns are matched exactly).
-# The measured deviations behind each number: README, "Comparing results".
+# The measured deviations behind each number: docs/reproducing.md.
 #
 # Sampled paths (collapse trajectories, generated text): the next token is an argmax over
 # float32 scores plus Gumbel noise, so a last-bit change flips a token when two candidates tie
 # to round-off, and the path differs from there on. Measured: 1 of 5,200 collapse trajectories
 # and 1 of 400 generated texts diverged on one emulated machine. Their per-row statistics are
 # informational; the claims (``claims.csv``: ``status`` exact) check their aggregates.
+
+# Per-prompt metrics of generated text (real_text, lm_repetition) and their running top-1 curves.
+GENERATED_TEXT = {
+    'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
+    'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
+    'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
+    'first_words': INFO}
+TOP1_CURVES = {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED, 'top1_q90': SAMPLED,
+               'corpus': EXACT, 'K': EXACT, 'L': EXACT, 'T': EXACT}
 TABLES = {
     'ccmc_example': {'value': ROUNDOFF},
     'attention_equivalence': {
@@ -108,20 +117,54 @@ TABLES = {
                             'error': Tolerance(1e-4, 1e-8)},
     'trajectory_learning_rows': {'seed': EXACT, 'visits': EXACT,
                                  'row_error': Tolerance(2e-3, 1e-7)},
-    'real_text': {
-        'position': EXACT, 'prompt_end': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-        'T': EXACT, 'seq_rep_4': SAMPLED, 'distinct_1': SAMPLED, 'distinct_2': SAMPLED,
-        'top1_share': SAMPLED, 'top5_share': SAMPLED, 'distinct_last': _info(0.0, 4.0),
-        'first_words': INFO},
-    'real_text_curves': {'top1_mean': _info(0.0, 5e-4), 'top1_q10': SAMPLED,
-                         'top1_q90': SAMPLED, 'corpus': EXACT, 'K': EXACT, 'L': EXACT,
-                         'T': EXACT},
+    'real_text': GENERATED_TEXT,
+    'real_text_curves': TOP1_CURVES,
     'real_text_fit': {
         'heldout_nll': ROUNDOFF, 'validation_nll': ROUNDOFF, 'n_train': EXACT,
         'n_validation': EXACT, 'n_heldout': EXACT, 'copy_fraction': ROUNDOFF,
         'train_copy_fraction': ROUNDOFF, 'ridge': EXACT, 'ridge_grid': EXACT,
         'validation_nll_grid': INFO,  # numbers formatted as text: the last digit may round
         'smoothing': EXACT, 'corpus': EXACT, 'K': EXACT, 'L': EXACT},
+    # Training the attention layer (issue 19). Not yet measured across emulated machines: set
+    # from the stop rule. A converged run's NLL moves with round-off by ~1e-7 relative; the
+    # untied layer is not convex (a last-bit change can move an Adam path), so NLLs and errors
+    # get 1e-4 / 1e-3 relative; the steps of a gradient-norm stop rule and the final gradient
+    # norm are informational, as are the loss curves (optimizer paths).
+    'attention_training': {
+        'seed': EXACT, 'd': EXACT, 'train_nll': Tolerance(1e-4, 1e-6),
+        'heldout_nll': Tolerance(1e-4, 1e-6), 'heldout_nll_true': ROUNDOFF,
+        'error': Tolerance(1e-3, 1e-9), 'steps': _info(0.0, 5.0),
+        'grad_norm': _info(1.0, 1e-6)},
+    'attention_training_curves': {'seed': EXACT, 'objective': _info(1e-4, 1e-6),
+                                  'excess': _info(0.0, 1e-4)},
+    # A language model trained here (issue 20): 1000 AdamW steps carry float32 round-off
+    # through the whole training, so the losses of a rerun on another machine are not its
+    # bits; 2e-2 relative is a stated bound (not yet measured across machines; the bigram and
+    # unigram baselines are float64 counts: round-off only). Timings are the machine's.
+    'train_lm': {'train_loss': Tolerance(2e-2, 1e-3), 'validation_nll': Tolerance(2e-2, 1e-3),
+                 'bigram_nll': ROUNDOFF, 'unigram_nll': ROUNDOFF, 'lr': ROUNDOFF,
+                 'tokens_per_s': INFO, 'elapsed_s': INFO},
+    # Greedy decoding of that model: an argmax of float32 logits, so a near-tie flips a token
+    # and the text differs from there on (informational, like the sampled paths above).
+    'gpt2_repetition': {'ngram': EXACT, 'part': EXACT, 'token_id': INFO, 'token_text': INFO,
+                        'seen': SAMPLED, 'repeated': SAMPLED, 'repeated_fraction': SAMPLED,
+                        'p_greedy': _info(1e-2, 1e-3)},
+    # A trained LM beside the CCMC: generated text is a sampled path (greedy LM decoding too:
+    # an argmax over float32 logits flips on a near-tie), NLLs are float32 sums over a
+    # forward pass and a fit.
+    'lm_repetition': GENERATED_TEXT,
+    'lm_repetition_curves': TOP1_CURVES,
+    'lm_repetition_nll': {'nll': Tolerance(1e-4, 1e-6), 'count': EXACT,
+                          'copy_mass': Tolerance(1e-4, 1e-6), 'corpus': EXACT, 'K': EXACT,
+                          'L': EXACT, 'T': EXACT},
+    # Sampled LM answers train the fits: a flipped answer (a near-tie of the inverse CDF)
+    # moves every fitted number a little; counts and the chosen ridge can move with it.
+    'lm_distillation': {
+        'n_copy': _info(0.0, 2.0), 'copy_fraction': _info(0.0, 2e-3), 'ridge': _info(0.0, 0.0),
+        'validation_nll': _info(1e-3, 1e-6), 'heldout_nll_lm': _info(1e-3, 1e-6),
+        'kl_lm_copy': _info(1e-3, 1e-6), 'heldout_nll_text': Tolerance(1e-3, 1e-6),
+        'floor_nll': Tolerance(1e-4, 1e-6), 'n_heldout_copy': _info(0.0, 2.0),
+        'corpus': EXACT, 'K': EXACT, 'L': EXACT},
     # The claims: the verdict is exact; measured values move with the tables they summarise.
     'claims': {'reference': EXACT, 'claim': EXACT, 'csv': EXACT, 'expected': EXACT,
                'status': EXACT, 'measured': _info(1e-2, 1e-6), 'detail': INFO},
@@ -132,6 +175,7 @@ TABLES = {
         'ratio_vs_ours': INFO, 'max_abs_P_diff': _info(0.0, 1e-4),
         'iterations_per_fit': _info(0.1, 1.0)},
     'benchmark_large_k': {'L': EXACT, 'n': EXACT, 'value': INFO},  # mostly wall seconds
+    'benchmark_train_lm': {'value': INFO},  # throughput, FLOP rates, MFU: the machine's
     'solvers': {'iterations': _info(0.0, 2.0), 'seconds': INFO, 'final_gap': INFO,
                 'budget': EXACT},
 }

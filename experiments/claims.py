@@ -1,16 +1,18 @@
 """Check every claim of the paper (and of this suite) on the results CSVs (ccmc_jax.claims).
 
 Prints a table (status, id, measured, expected, detail), writes <results_dir>/claims.csv and
-claims.md (a Markdown table) and, with --readme, refreshes the generated block between
-<!-- claims:begin --> and <!-- claims:end --> of that file. A claim whose CSV is missing is
-NOT RUN (not a pass). With --quick only the claims that make sense at `run_all.sh --quick`
-settings are checked, with their quick tolerances (ccmc_jax.claims.CLAIMS lists both).
+claims.md (a Markdown table) and, with --readme (repeatable), refreshes the generated blocks of
+each file given: the table between <!-- claims:begin --> and <!-- claims:end --> (docs/claims.md)
+and the counts line between <!-- claims-summary:begin --> and <!-- claims-summary:end -->
+(README.md). A claim whose CSV is missing is NOT RUN (not a pass). With --quick only the claims
+that make sense at `run_all.sh --quick` settings are checked, with their quick tolerances
+(ccmc_jax.claims.CLAIMS lists both).
 
 Exit status: 0 when every run claim passes, 1 when one fails (or, with --require_all, one is
 not run), 2 with one line `error: ...` on unreadable input (a malformed CSV, a missing column).
 
   python -m experiments.claims                                  # results/
-  python -m experiments.claims --readme=README.md               # and refresh the README block
+  python -m experiments.claims --readme=README.md --readme=docs/claims.md  # refresh both
   python -m experiments.claims --quick --results_dir=results/quick
 """
 from __future__ import annotations
@@ -36,9 +38,10 @@ _QUICK = flags.DEFINE_bool('quick', False, 'The CSVs come from a --quick run: ch
 _OUTPUT = flags.DEFINE_string('output', None, 'The claims CSV (default <results_dir>/claims.csv'
                               '); the Markdown table goes beside it with the suffix .md. Empty '
                               'string: write neither.', flag_values=FLAGS)
-_README = flags.DEFINE_string('readme', None, 'A Markdown file (e.g. README.md) whose block '
-                              'between the claims markers is replaced by the table.',
-                              flag_values=FLAGS)
+_README = flags.DEFINE_multi_string(
+    'readme', None, 'A Markdown file whose generated claims blocks are refreshed: the table '
+    '(docs/claims.md) and the counts line (README.md); repeat the flag for several files.',
+    flag_values=FLAGS)
 _REQUIRE_ALL = flags.DEFINE_bool('require_all', False, 'Exit 1 when a claim is NOT RUN too '
                                  '(every CSV must be there).', flag_values=FLAGS)
 _HELP = ('--help', '-h', '-?', '--helpshort', '--helpfull')
@@ -66,8 +69,8 @@ def output_paths():
   return out, md
 
 
-def _check_no_overwrite(results_dir, readme, csv_path, md_path):
-  """Refuse an --output whose table would replace a results CSV read here, or the --readme."""
+def _check_no_overwrite(results_dir, readmes, csv_path, md_path):
+  """Refuse an --output whose table would replace a results CSV read here, or a --readme."""
   if not csv_path:
     return
   written = {os.path.abspath(csv_path), os.path.abspath(md_path)}
@@ -75,21 +78,27 @@ def _check_no_overwrite(results_dir, readme, csv_path, md_path):
     if os.path.abspath(os.path.join(results_dir, f'{name}.csv')) in written:
       raise Error(f'--output={csv_path} is invalid: it would overwrite the results CSV '
                   f'{name}.csv that the claims are checked on')
-  if readme and os.path.abspath(readme) in written:
-    raise Error(f'--output={csv_path} is invalid: its Markdown table {md_path} would overwrite '
-                f'--readme={readme}')
+  for readme in readmes:
+    if os.path.abspath(readme) in written:
+      raise Error(f'--output={csv_path} is invalid: its Markdown table {md_path} would '
+                  f'overwrite --readme={readme}')
 
 
-def read_readme(path):
-  """The text of the --readme file, checked (before any work) to be UTF-8 text with one claims
-  block."""
-  flag = f'--readme={path}'
-  try:
-    text = text_lib.read_text_file(path)
-  except text_lib.TextError as e:  # missing, a folder, unreadable, binary, empty
-    raise Error(str(e).replace(path, flag, 1)) from None
-  claims.replace_block(text, '', flag)  # one line naming --readme when the markers are wrong
-  return text
+def read_readmes(paths):
+  """{path: text} of the --readme files, each checked (before any work) to be UTF-8 text with
+  well-formed generated claims blocks, and given once."""
+  texts = {}
+  for path in paths:
+    flag = f'--readme={path}'
+    if os.path.abspath(path) in {os.path.abspath(p) for p in texts}:
+      raise Error(f'{flag} is given twice (allowed values: different files)')
+    try:
+      text = text_lib.read_text_file(path)
+    except text_lib.TextError as e:  # missing, a folder, unreadable, binary, empty
+      raise Error(str(e).replace(path, flag, 1)) from None
+    claims.refresh_blocks(text, None, '', flag)  # one line naming --readme on bad markers
+    texts[path] = text
+  return texts
 
 
 def main(argv):
@@ -98,10 +107,9 @@ def main(argv):
   results_dir = _RESULTS_DIR.value
   if not os.path.isdir(results_dir):
     raise Error(f'--results_dir={results_dir} is not a folder')
-  readme = _README.value
-  text = read_readme(readme) if readme else None
+  texts = read_readmes(_README.value or [])
   csv_path, md_path = output_paths()
-  _check_no_overwrite(results_dir, readme, csv_path, md_path)
+  _check_no_overwrite(results_dir, texts, csv_path, md_path)
 
   try:
     results = claims.check(results_dir, quick=_QUICK.value)
@@ -115,13 +123,14 @@ def main(argv):
   if csv_path:
     flag = f'--output={_OUTPUT.value}' if _OUTPUT.value else f'--results_dir={results_dir}'
     files += [(flag, csv_path, io.csv_text(claims.to_frame(results))), (flag, md_path, table)]
-  if text is not None:
-    files.append((f'--readme={readme}', readme, claims.replace_block(text, table, readme)))
+  for readme, text in texts.items():
+    files.append((f'--readme={readme}', readme,
+                  claims.refresh_blocks(text, results, source, readme)))
   io.atomic_write_texts(files)  # all staged first: a failure writes none
   if csv_path:
     print(f'wrote {csv_path} and {md_path}', file=sys.stderr)
-  if text is not None:
-    print(f'refreshed the claims block of {readme}', file=sys.stderr)
+  for readme in texts:
+    print(f'refreshed the claims blocks of {readme}', file=sys.stderr)
   return claims.exit_status(results, _REQUIRE_ALL.value)
 
 

@@ -41,6 +41,20 @@ def synthetic(name):
     return pd.DataFrame({'model': ['mle', 'uniform_P', 'bigram_P'],
                          'heldout_nll': [1.2, 1.6, 1.4], 'n_train': 1000, 'n_heldout': 100,
                          'copy_fraction': 0.4})
+  if name == 'train_lm':
+    return pd.DataFrame({'step': [0, 100, 200], 'train_loss': [7.6, 4.5, 4.0],
+                         'validation_nll': [7.6, 4.6, 4.1], 'bigram_nll': 4.5,
+                         'unigram_nll': 5.3})
+  if name == 'lm_repetition':
+    rep = {'lm_greedy': 0.9, 'lm_sample': 0.05, 'lm_sample_t0.7': 0.2, 'ccmc': 0.6,
+           'ccmc_window': 0.8, 'bigram': 0.003, 'corpus': 0.1}
+    return pd.DataFrame([dict(source=s, prompt=p, seq_rep_4=v * (1 + 0.1 * rng.random()))
+                         for s, v in rep.items() for p in range(5)])
+  if name == 'lm_distillation':
+    return pd.DataFrame([dict(source=s, n=n, heldout_nll_lm=base + 300 / n,
+                              kl_lm_copy=kl + 100 / n)
+                         for s, base, kl in (('lm_answers', 1.5, 0.05), ('real_text', 1.9, 0.4))
+                         for n in (1000, 2000, 5000, 10000)])
   raise KeyError(name)
 
 
@@ -233,6 +247,57 @@ def p_real_rep(f):
        d[d['source'] == 'ccmc']['seq_rep_4'].mean() / 2)
 
 
+def _training(f, model):
+  d = f['attention_training']
+  return d, d['model'] == model
+
+
+def p_train_mle(f):
+  d, tied = _training(f, 'tied_adam')
+  d.loc[d.index[tied][3], 'train_nll'] += 2e-5  # one tied run 2e-5 nats above the MLE
+
+
+def p_train_slope(f):
+  d, tied = _training(f, 'tied_lbfgs')
+  _scale_rate(d, 'n', 0.3, tied & (d['K'] == d['K'].max()))
+
+
+def p_train_spread(f):
+  d, untied = _training(f, 'untied_adam')
+  first = d[untied].groupby(['K', 'L', 'n', 'trial'])['train_nll'].transform('first')
+  d.loc[untied, 'train_nll'] = first + 1e-5 * d.loc[untied, 'init']  # every init agrees
+
+
+def p_train_heldout(f):
+  d, untied = _training(f, 'untied_adam')
+  tied = d[d['model'] == 'tied_lbfgs'].groupby(['K', 'n'])['heldout_nll'].mean()
+  d.loc[untied, 'heldout_nll'] = [tied[(k, n)] for k, n in d.loc[untied, ['K', 'n']].values]
+def p_lm_nll(f):
+  d = f['train_lm']
+  _set(d, d['step'] == d['step'].max(), 'validation_nll', d['bigram_nll'] + 0.01)
+def p_lm_greedy(f):
+  d = f['lm_repetition']
+  _set(d, d['source'] == 'corpus', 'seq_rep_4',
+       d[d['source'] == 'lm_greedy']['seq_rep_4'].mean() / 2)
+
+
+def p_lm_sample(f):
+  d = f['lm_repetition']
+  _set(d, d['source'] == 'lm_sample', 'seq_rep_4',
+       d[d['source'] == 'lm_greedy']['seq_rep_4'].mean() * 0.8)
+
+
+def p_distilled_nll(f):
+  d = f['lm_distillation']
+  lm = d['source'] == 'lm_answers'
+  d.loc[lm, 'heldout_nll_lm'] = d.loc[lm, 'heldout_nll_lm'].to_numpy()[::-1]  # rises with n
+
+
+def p_distilled_kl(f):
+  d = f['lm_distillation']
+  _set(d, d['source'] == 'lm_answers', 'kl_lm_copy', d['kl_lm_copy'].max() + 0.1)
+
+
 PERTURB = {
     'fig1.closed_form': p_fig1,
     'fig2.attention_is_ccmc': p_attention,
@@ -266,7 +331,30 @@ PERTURB = {
     'vocab.K_max': p_vocab_max,
     'real_text.heldout_nll': p_real_nll,
     'real_text.repetition': p_real_rep,
+    'train.tied_matches_mle': p_train_mle,
+    'train.tied_slope': p_train_slope,
+    'train.untied_spread': p_train_spread,
+    'train.heldout_tied_vs_untied': p_train_heldout,
+    'train_lm.below_bigram': p_lm_nll,
+    'lm.greedy_repetition': p_lm_greedy,
+    'lm.sampling_repeats_less': p_lm_sample,
+    'lm_distillation.nll_falls_with_n': p_distilled_nll,
+    'lm_distillation.distilled_beats_text': p_distilled_kl,
 }
+
+
+def test_distilled_nll_claim_fails_on_a_bump():
+  """Falling overall but rising by more than half the fall between two neighbouring n: a
+  fit that got worse with more data is a defect even when the ends look right."""
+  claim = BY_ID['lm_distillation.nll_falls_with_n']
+  frames = frames_of(claim)
+  d = frames['lm_distillation']
+  lm = (d['source'] == 'lm_answers').to_numpy()
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.95, 1.5]  # total fall 0.5, a rise of 0.35
+  r = claims.evaluate(claim, frames)
+  assert r.status == claims.FAIL and 'largest rise' in r.detail, r
+  d.loc[lm, 'heldout_nll_lm'] = [2.0, 1.6, 1.7, 1.5]  # a rise of 0.1 < 0.25: noise, passes
+  assert claims.evaluate(claim, frames).status == claims.PASS
 
 
 # ----------------------------------------------------------------------------- tests
@@ -339,16 +427,40 @@ def test_readme_block_is_replaced():
     claims.replace_block('no markers', 'x')
 
 
-def test_readme_block_matches_committed_results():
-  """The README's generated block lists every claim with the status and expected range the
-  committed results give (regenerate it with `python -m experiments.claims --readme=README.md`;
-  the measured digits are not compared, so a round-off change of a result does not fail here)."""
-  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
-    text = f.read()
+def test_refresh_blocks_fills_the_table_and_the_counts_line():
+  results = [claims.Result('a.b', 'Fig. 1', 'x', 'ccmc_example', 1.0, '≤ 2', claims.PASS, ''),
+             claims.Result('c.d', 'Fig. 2', 'y', 'ccmc_example', 3.0, '≤ 2', claims.FAIL, '')]
+  summary = (f'intro\n{claims.SUMMARY_BEGIN}\nold\n{claims.SUMMARY_END}\n'
+             f'{claims.README_BEGIN}\nold\n{claims.README_END}\n')
+  new = claims.refresh_blocks(summary, results, 'results')
+  assert '1 PASS, 1 FAIL, 0 NOT RUN of 2 claims' in new and 'FAIL: `c.d`.' in new
+  assert '| `c.d` | Fig. 2 |' in new and 'old' not in new
+  with pytest.raises(io.ResultsError, match='needs a'):
+    claims.refresh_blocks('no markers', results, 'results')
+  with pytest.raises(io.ResultsError, match='exactly one'):
+    claims.refresh_blocks(summary + claims.SUMMARY_END, results, 'results')
+
+
+def _committed_text(path):
+  with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+    return f.read()
+
+
+def test_docs_claims_table_and_readme_counts_match_committed_results():
+  """docs/claims.md's generated table lists every claim with the status and expected range the
+  committed results give, and the README's counts line is what they give (regenerate both with
+  `python -m experiments.claims --readme=README.md --readme=docs/claims.md`; the measured digits
+  are not compared, so a round-off change of a result does not fail here)."""
+  results = claims.check(RESULTS)
+  text = _committed_text('docs/claims.md')
   block = text[text.index(claims.README_BEGIN):text.index(claims.README_END)]
   rows = [line.split(' | ') for line in block.splitlines() if line.startswith('| `')]
   got = [(r[0][3:-1], r[-2], r[-1].strip(' |*')) for r in rows]
-  assert got == [(r.id, r.expected, r.status) for r in claims.check(RESULTS)]
+  assert got == [(r.id, r.expected, r.status) for r in results]
+  readme = _committed_text('README.md')
+  assert claims.README_BEGIN not in readme  # the table lives in docs/claims.md only
+  summary = readme[readme.index(claims.SUMMARY_BEGIN):readme.index(claims.SUMMARY_END)]
+  assert summary == f'{claims.SUMMARY_BEGIN}\n{claims.to_summary(results, "results")}'
 
 
 def _script(*args, cwd):

@@ -72,10 +72,12 @@ def as_stored(a, dtype):
   return a.astype(np.float32).astype(np.float64)
 
 
-def random_hf_weights(seed=0, n_layer=N_LAYER, vocab=V, lm_head=False):
+def random_hf_weights(seed=0, n_layer=N_LAYER, vocab=V, lm_head=False, n_embd=N_EMBD,
+                      n_positions=N_POS):
   rng = np.random.default_rng(seed)
-  D = N_EMBD
-  w = {'wte.weight': rng.normal(0, 0.5, (vocab, D)), 'wpe.weight': rng.normal(0, 0.3, (N_POS, D)),
+  D = n_embd
+  w = {'wte.weight': rng.normal(0, 0.5, (vocab, D)),
+       'wpe.weight': rng.normal(0, 0.3, (n_positions, D)),
        'ln_f.weight': 1 + 0.1 * rng.normal(size=D), 'ln_f.bias': 0.1 * rng.normal(size=D)}
   for i in range(n_layer):
     for name, shape in (('ln_1.weight', (D,)), ('ln_1.bias', (D,)),
@@ -86,22 +88,29 @@ def random_hf_weights(seed=0, n_layer=N_LAYER, vocab=V, lm_head=False):
                         ('mlp.c_proj.weight', (4 * D, D)), ('mlp.c_proj.bias', (D,))):
       base = 1.0 if name.startswith('ln') and name.endswith('weight') else 0.0
       w[f'h.{i}.{name}'] = base + rng.normal(0, 0.4 if name.endswith('weight') else 0.1, shape)
-  w['h.0.attn.bias'] = np.tril(np.ones((1, 1, N_POS, N_POS)))  # HF's mask buffer: ignored
+  w['h.0.attn.bias'] = np.tril(np.ones((1, 1, n_positions, n_positions)))  # HF's mask: ignored
   if lm_head:
     w['lm_head.weight'] = rng.normal(0, 0.5, (vocab, D))
   return w
 
 
-def make_folder(path, dtype='F32', prefix='', tokenizer=True, seed=0, lm_head=False, config=None):
-  """A tiny Hugging Face GPT-2 folder; returns the float64 weights as the reader must see them."""
+def make_folder(path, dtype='F32', prefix='', tokenizer=True, seed=0, lm_head=False, config=None,
+                sizes=None):
+  """A tiny Hugging Face GPT-2 folder; returns the float64 weights as the reader must see them.
+
+  ``sizes`` (n_layer, n_head, n_embd, vocab_size, n_positions) sets the config and the weights
+  alike; ``config`` overrides config.json alone (a folder whose config disagrees with its
+  weights)."""
   os.makedirs(path, exist_ok=True)
-  cfg = {'model_type': 'gpt2', 'n_layer': N_LAYER, 'n_head': N_HEAD, 'n_embd': N_EMBD,
-         'vocab_size': V, 'n_positions': N_POS, 'layer_norm_epsilon': 1e-5,
+  shape = {'n_layer': N_LAYER, 'n_head': N_HEAD, 'n_embd': N_EMBD, 'vocab_size': V,
+           'n_positions': N_POS, **(sizes or {})}
+  cfg = {'model_type': 'gpt2', **shape, 'layer_norm_epsilon': 1e-5,
          'activation_function': 'gelu_new', 'n_inner': None}
   cfg.update(config or {})
   with open(os.path.join(path, 'config.json'), 'w') as f:
     json.dump(cfg, f)
-  w = random_hf_weights(seed, lm_head=lm_head)
+  w = random_hf_weights(seed, n_layer=shape['n_layer'], vocab=shape['vocab_size'],
+                        lm_head=lm_head, n_embd=shape['n_embd'], n_positions=shape['n_positions'])
   write_safetensors(os.path.join(path, 'model.safetensors'),
                     {(k if k == 'lm_head.weight' else prefix + k): (a, dtype)
                      for k, a in w.items()})
@@ -513,9 +522,16 @@ def test_gpt2_module_is_optional_and_light():
         out |= {f'{node.module}.{a.name}' for a in node.names} | {node.module}
     return out
 
+  # The GPT-2 side: gpt2.py, the LM trained here (lm.py and its trial use gpt2's forward) and
+  # the LM experiments' trials (ccmc_jax/trials/lm_*.py); nothing else imports them.
+  gpt2_side = {os.path.join('ccmc_jax', f) for f in ('gpt2.py', 'lm.py',
+                                                      os.path.join('trials', 'train_lm.py'))}
+  gpt2_side |= {os.path.relpath(p, root)
+                for p in glob.glob(os.path.join(root, 'ccmc_jax', 'trials', 'lm_*.py'))}
   for path in glob.glob(os.path.join(root, 'ccmc_jax', '**', '*.py'), recursive=True):
-    if not path.endswith('gpt2.py'):
-      assert not {i for i in imports(path) if 'gpt2' in i}, path
+    if os.path.relpath(path, root) not in gpt2_side:
+      assert not {i for i in imports(path) if 'gpt2' in i or i.endswith('.lm')
+                  or 'train_lm' in i or '.lm_' in i}, path
   for module in ('gpt2', 'errors'):
     heavy = {i for i in imports(os.path.join(root, 'ccmc_jax', f'{module}.py'))
              if i.split('.')[0] in ('absl', 'pandas', 'matplotlib') or i == 'ccmc_jax.io'}

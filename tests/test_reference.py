@@ -182,7 +182,7 @@ def test_tolerances_of_a_known_table_apply_without_a_recorded_field(tmp_path):
 
 
 def test_every_column_of_every_committed_table_has_a_tolerance():
-  """New columns need a measured tolerance (README, Reproducibility): none falls back to the
+  """New columns need a measured tolerance (docs/reproducing.md): none falls back to the
   default silently."""
   missing = []
   for name in sorted(os.listdir(RESULTS)):
@@ -289,19 +289,19 @@ def test_reference_mode_outside_a_checkout_is_one_line(tmp_path, capsys, monkeyp
 
 
 def test_regenerated_outputs_do_not_make_the_code_dirty(tmp_path):
-  """run_all.sh rewrites results/, figures/ and the README's claims table: the sidecars of a
-  fresh clone's rerun record the plain commit; a code change still says +dirty."""
+  """run_all.sh rewrites results/, figures/, docs/claims.md and the README's claims counts: the
+  sidecars of a fresh clone's rerun record the plain commit; a code change still says +dirty."""
   import subprocess
   from ccmc_jax import io
   git = lambda *a: subprocess.run(['git', *a], cwd=tmp_path, check=True, capture_output=True)
-  for f in ('ccmc_jax/model.py', 'results/a.csv', 'figures/a.png', 'README.md'):
+  for f in ('ccmc_jax/model.py', 'results/a.csv', 'figures/a.png', 'README.md', 'docs/claims.md'):
     (tmp_path / f).parent.mkdir(exist_ok=True)
     (tmp_path / f).write_text('x\n')
   git('init', '-q')
   git('add', '-A')
   git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
   head = git('rev-parse', 'HEAD').stdout.decode().strip()
-  for f in ('results/a.csv', 'figures/a.png', 'README.md'):
+  for f in ('results/a.csv', 'figures/a.png', 'README.md', 'docs/claims.md'):
     (tmp_path / f).write_text('regenerated\n')
   assert io.git_commit(str(tmp_path / 'ccmc_jax')) == head
   (tmp_path / 'ccmc_jax/model.py').write_text('changed\n')

@@ -133,15 +133,16 @@ def generate(key, prep: Prepared, log_P_mle, log_B, L, T):
   return {s: np.asarray(v, np.int64) for s, v in out.items()}, X
 
 
-def measure(prep: Prepared, tokens: dict, X):
+def measure(prep: Prepared, tokens: dict, X, sources=SOURCES):
   """Per (source, prompt) metrics and sample texts; per (source, t) running top-1 share
-  (mean and 10 % / 90 % quantiles over prompts)."""
+  (mean and 10 % / 90 % quantiles over prompts), for each of ``sources`` (keys of
+  ``tokens``)."""
   V = len(prep.vocab)
   rows = {k: [] for k in ('source', 'prompt', 'position', 'seq_rep_4', 'distinct_1',
                           'distinct_2', 'top1_share', 'top5_share', 'distinct_last')}
   rows.update(prompt_end=[], first_words=[])
   curves = {k: [] for k in ('source', 't', 'top1_mean', 'top1_q10', 'top1_q90')}
-  for source in SOURCES:
+  for source in sources:
     toks = tokens[source]
     N, T = toks.shape
     m = text.repetition_metrics(toks, V, LAST)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import textwrap
 
-import numpy as np
-
 from ccmc_jax import io
 
 SOURCES = ('ccmc', 'ccmc_window', 'bigram', 'corpus')
@@ -35,44 +33,76 @@ def read(text_csv, fit_csv, curves_csv):
   return rows, fit, curves
 
 
-def draw(text_csv, fit_csv, curves_csv):
-  """Top-1 share vs t (mean, 10-90 % band over prompts), seq-rep-4 per source, held-out NLL
-  per model, and the first generated words after one prompt."""
+def pyplot():
+  """matplotlib.pyplot on the Agg backend."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def draw_curves(ax, curves, sources, colors, labels, n_prompts):
+  """Running top-1 share vs t per source: mean and the 10-90 % band over prompts."""
+  for s in sources:
+    c = curves[curves['source'] == s].sort_values('t')
+    ax.plot(c['t'], c['top1_mean'], color=colors[s], label=labels[s])
+    ax.fill_between(c['t'], c['top1_q10'], c['top1_q90'], color=colors[s], alpha=0.15)
+  ax.set(xscale='log', ylim=(0, 1), xlabel='generated tokens t',
+         ylabel='top-1 share of tokens 1..t',
+         title=f'Running top-1 share: mean over {n_prompts} prompts,\n'
+               'band = 10th-90th percentile')
+  ax.legend(fontsize=8)
+
+
+def draw_repetition(ax, rows, sources, colors, labels, fontsize=8):
+  """Box plot of seq-rep-4 per source, the mean as a diamond."""
+  data = [rows.loc[rows['source'] == s, 'seq_rep_4'].values for s in sources]
+  parts = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=False)
+  for patch, s in zip(parts['boxes'], sources):
+    patch.set(facecolor=colors[s], alpha=0.3)
+  for i, (d, s) in enumerate(zip(data, sources)):
+    ax.plot(i + 1, d.mean(), 'D', color=colors[s], ms=6)
+    ax.annotate(f'{d.mean():.3f}', (i + 1, d.mean()), xytext=(8, 0),
+                textcoords='offset points', fontsize=8, va='center')
+  ax.set_xticks(range(1, len(sources) + 1), [labels[s].replace(', ', ',\n').replace(
+      ' Markov', '\nMarkov').replace(' cont', '\ncont') for s in sources], fontsize=fontsize)
+  ax.set(ylabel='seq-rep-4 = 1 - unique 4-grams / 4-grams', ylim=(0, 1),
+         title='Repetition of T tokens per prompt\n(box: quartiles; diamond: mean)')
+
+
+def draw_sample_text(ax, rows, sources, labels, text_csv, width=165):
+  """The first generated words of every source after the first prompt they all share."""
+  shared = set.intersection(*(set(rows.loc[rows['source'] == s, 'prompt']) for s in sources))
+  if not shared:
+    raise io.ResultsError(f'{text_csv}: no prompt has a row for every source '
+                          f'({", ".join(sources)})')
+  p0 = min(shared)
+  sample = rows[rows['prompt'] == p0].drop_duplicates('source').set_index('source')
+  lines = ['Prompt (last words): ... ' + str(sample['prompt_end'].iloc[0]), '']
+  for s in sources:
+    wrapped = textwrap.wrap(f'{labels[s]}: {sample.loc[s, "first_words"]}', width)
+    lines += wrapped + ['']
+  ax.axis('off')
+  ax.text(0, 1, '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=7.5,
+          transform=ax.transAxes)
+  ax.set_title(f'The first generated tokens after held-out prompt {p0} (<unk>: a word '
+               'outside the K most frequent)', fontsize=9, loc='left')
+
+
+def draw(text_csv, fit_csv, curves_csv):
+  """Top-1 share vs t (mean, 10-90 % band over prompts), seq-rep-4 per source, held-out NLL
+  per model, and the first generated words after one prompt."""
+  plt = pyplot()
   rows, fit, curves = read(text_csv, fit_csv, curves_csv)
   sources = [s for s in SOURCES if s in set(rows['source'])]
-  n_prompts = rows['prompt'].nunique()
   setting = ', '.join(f'{k}={rows[k].iloc[0]}' for k in ('corpus', 'K', 'L', 'T')
                       if k in rows)
   fig = plt.figure(figsize=(15, 8.5))
   grid = fig.add_gridspec(2, 3, height_ratios=[1, 0.55])
   ax_curve, ax_rep, ax_nll = (fig.add_subplot(grid[0, i]) for i in range(3))
   ax_text = fig.add_subplot(grid[1, :])
-
-  for s in sources:
-    c = curves[curves['source'] == s].sort_values('t')
-    ax_curve.plot(c['t'], c['top1_mean'], color=COLORS[s], label=LABELS[s])
-    ax_curve.fill_between(c['t'], c['top1_q10'], c['top1_q90'], color=COLORS[s], alpha=0.15)
-  ax_curve.set(xscale='log', ylim=(0, 1), xlabel='generated tokens t',
-               ylabel='top-1 share of tokens 1..t',
-               title=f'Running top-1 share: mean over {n_prompts} prompts,\n'
-                     'band = 10th-90th percentile')
-  ax_curve.legend(fontsize=8)
-
-  data = [rows.loc[rows['source'] == s, 'seq_rep_4'].values for s in sources]
-  parts = ax_rep.boxplot(data, widths=0.6, patch_artist=True, showfliers=False)
-  for patch, s in zip(parts['boxes'], sources):
-    patch.set(facecolor=COLORS[s], alpha=0.3)
-  for i, (d, s) in enumerate(zip(data, sources)):
-    ax_rep.plot(i + 1, d.mean(), 'D', color=COLORS[s], ms=6)
-    ax_rep.annotate(f'{d.mean():.3f}', (i + 1, d.mean()), xytext=(8, 0),
-                    textcoords='offset points', fontsize=8, va='center')
-  ax_rep.set_xticks(range(1, len(sources) + 1), [LABELS[s].replace(', ', ',\n').replace(
-      ' Markov', '\nMarkov').replace(' cont', '\ncont') for s in sources], fontsize=8)
-  ax_rep.set(ylabel='seq-rep-4 = 1 - unique 4-grams / 4-grams', ylim=(0, 1),
-             title='Repetition of T tokens per prompt\n(box: quartiles; diamond: mean)')
+  draw_curves(ax_curve, curves, sources, COLORS, LABELS, rows['prompt'].nunique())
+  draw_repetition(ax_rep, rows, sources, COLORS, LABELS)
 
   models = [m for m in MODELS if m in set(fit['model'])]
   f = fit.set_index('model').loc[models]
@@ -88,21 +118,7 @@ def draw(text_csv, fit_csv, curves_csv):
                    f'(copy fraction {f["copy_fraction"].iloc[0]:.3f}; '
                    f'{int(f["n_train"].iloc[0]):,} train; ridge {r:g})')
 
-  shared = set.intersection(*(set(rows.loc[rows['source'] == s, 'prompt']) for s in sources))
-  if not shared:
-    raise io.ResultsError(f'{text_csv}: no prompt has a row for every source '
-                          f'({", ".join(sources)})')
-  p0 = min(shared)
-  sample = rows[rows['prompt'] == p0].drop_duplicates('source').set_index('source')
-  lines = ['Prompt (last words): ... ' + str(sample['prompt_end'].iloc[0]), '']
-  for s in sources:
-    wrapped = textwrap.wrap(f'{LABELS[s]}: {sample.loc[s, "first_words"]}', 165)
-    lines += wrapped + ['']
-  ax_text.axis('off')
-  ax_text.text(0, 1, '\n'.join(lines), va='top', ha='left', family='monospace', fontsize=7.5,
-               transform=ax_text.transAxes)
-  ax_text.set_title(f'The first generated tokens after held-out prompt {p0} (<unk>: a word '
-                    'outside the K most frequent)', fontsize=9, loc='left')
+  draw_sample_text(ax_text, rows, sources, LABELS, text_csv)
   fig.suptitle(f'The CCMC (1-layer self-attention) fitted to real text ({setting})',
                fontsize=11)
   fig.tight_layout()
