@@ -323,3 +323,44 @@ def test_sidecars_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
   assert meta['summary'] == {'ratio': None, 'values': [1.0, None]}
   assert meta['null_values']['values'] == {'summary.ratio': 'inf', 'summary.values[1]': 'nan'}
   assert 'JSON has no Infinity' in meta['null_values']['why']
+
+
+def test_a_refused_run_removes_the_folders_it_made(tmp_path):
+  """Before: a run refused after its flags were checked (e.g. real_text --prompts beyond the
+  held-out positions, found once the corpus is split) left an empty --results_dir (and its
+  parents) behind, made by the flag check or the lock."""
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  _flags()
+  folder = tmp_path / 'new' / 'r'
+  with flagsaver.flagsaver(results_dir=str(folder)):
+    common.check_writable_dir('results_dir', str(folder))
+    run = common.Run({'x': 1}, [('t', ['k']), ('u', ['k'])])
+    assert sorted(os.listdir(folder)) == ['.t.lock', '.u.lock', 't.meta.json', 'u.meta.json']
+    with pytest.raises(common.FlagError):
+      with run.session():
+        raise common.FlagError('--prompts=9 is invalid')
+  assert _listing(tmp_path) == []
+
+
+def test_a_run_refused_by_the_lock_leaves_the_other_runs_sidecars_alone(tmp_path, monkeypatch):
+  """Before: the refused run read the sidecars before it tried the locks and put those bytes
+  back when refused, undoing what the run holding the lock had written meanwhile."""
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from experiments import common  # pylint: disable=import-outside-toplevel
+  _flags()
+  with flagsaver.flagsaver(results_dir=str(tmp_path)):
+    first = common.Run({'x': 1}, [('t', ['k']), ('u', ['k'])])
+    real_lock = io.lock
+
+    def lock_after_the_first_run_wrote(path, what=None):  # the first run's journal update
+      first['t'].add({'k': [1], 'v': [2.0]})
+      return real_lock(path, what)
+    monkeypatch.setattr(io, 'lock', lock_after_the_first_run_wrote)
+    with pytest.raises(io.ResultsError, match='another run'):
+      common.Run({'x': 2}, [('t', ['k']), ('u', ['k'])])
+    monkeypatch.setattr(io, 'lock', real_lock)
+    meta = io.read_meta(str(tmp_path / 't.meta.json'))
+    assert meta['flags']['x'] == 1 and 't' in meta['journal'], meta
+    assert (tmp_path / '.t.lock').exists() and (tmp_path / 't.csv').exists()
+    first.close()
