@@ -15,6 +15,8 @@ Everything here is host-side Python; none of it is traced into a computation.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,8 +80,8 @@ def square(name, M, what='scores', batch=False):
   ok = (len(shape) >= 2 if batch else len(shape) == 2) and shape[-1] == shape[-2]
   if not ok:
     d = 'd' if what == 'attention weights' else 'K'
-    want = f'(..., {d}, {d})' if batch else f'a square ({d}, {d})'
-    raise ValueError(f'{name} must be {want} matrix of {what}, got shape {shape}')
+    want = f'a (..., {d}, {d}) array' if batch else f'a square ({d}, {d}) matrix'
+    raise ValueError(f'{name} must be {want} of {what}, got shape {shape}')
   if shape[-1] < 1:
     raise ValueError(f'{name} must have K >= 1 rows, got shape {shape}')
   if not np.issubdtype(dtype_of(M), np.floating) and not np.issubdtype(dtype_of(M), np.integer):
@@ -126,6 +128,29 @@ def token_ids(name, X, K, min_length=1, ndim=None, pad=False):
       bad = low if low < lo else high
       raise ValueError(f'{name} holds token id {bad}, outside [{lo}, K) = [{lo}, {K})')
   return X
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_key_shape():
+  """The shape of a raw ``jax.random.PRNGKey`` under the default implementation ((2,) for
+  threefry), without computing one."""
+  return tuple(jax.eval_shape(jax.random.PRNGKey, 0).shape)
+
+
+def key(name, k):
+  """A PRNG key: a typed key (``jax.random.key``, shape ()) or a raw ``jax.random.PRNGKey``
+  (uint32 of the default implementation's shape, (2,)). Static (shape and dtype): checked under
+  ``jit``/``vmap`` too."""
+  shape, dtype = shape_of(k), dtype_of(k)
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    ok, want = shape == (), 'a single typed key of shape ()'
+  else:
+    raw = _raw_key_shape()
+    ok, want = dtype == np.uint32 and shape == raw, f'a PRNG key (jax.random.PRNGKey(seed): ' \
+        f'uint32 of shape {raw}, or jax.random.key(seed))'
+  if not ok:
+    raise ValueError(f'{name} must be {want}, got {dtype} of shape {shape}')
+  return k
 
 
 def same(name, value, expected, what):

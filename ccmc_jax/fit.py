@@ -440,7 +440,8 @@ def _check_same_square_shape(A_hat, truth):
 
 
 def p_error(A_hat, A_true=None, *, P_true=None):
-  """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (always finite).
+  """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (finite for finite
+  ``A_hat``; a NaN estimate, e.g. of a diverged fit, gives NaN: a failure, never a number).
 
   ``P_hat = softmax(A_hat, -1)``; the truth is given either as scores ``A_true`` (``P* =
   softmax(A_true, -1)``) or as a transition matrix by keyword, ``P_true=P``. Both arguments are
@@ -453,6 +454,10 @@ def p_error(A_hat, A_true=None, *, P_true=None):
     A_hat: (..., K, K) estimated scores.
     A_true: (..., K, K) true scores (``-inf`` allowed: a zero diagonal).
     P_true: keyword-only alternative to ``A_true``: (..., K, K) row-stochastic truth.
+  Raises:
+    ValueError: shapes that are not (..., K, K) with the same K, or both / neither truth given
+      (always); called eagerly, a row-stochastic ``A_hat``/``A_true``, NaN or ``+inf`` in
+      ``A_true``, NaN or inf in ``P_true``.
   References: paper Sec. 3 (sample complexity, error ~ K^2/n).
   """
   if (A_true is None) == (P_true is None):
@@ -460,8 +465,11 @@ def p_error(A_hat, A_true=None, *, P_true=None):
   _check_same_square_shape(A_hat, P_true if A_true is None else A_true)
   model.check_scores(A_hat, 'A_hat')
   bad = model.looks_stochastic(A_hat)
-  if A_true is not None:
+  if A_true is None:
+    checks.no_nan('P_true', P_true, neg_inf=False)
+  else:
     model.check_scores(A_true, 'A_true')
+    checks.no_nan('A_true', A_true)
     bad = bad | model.looks_stochastic(A_true)
     P_true = jax.nn.softmax(A_true, -1)
   err = jnp.sum((jax.nn.softmax(A_hat, -1) - P_true) ** 2, axis=(-2, -1))

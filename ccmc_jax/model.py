@@ -293,9 +293,11 @@ def looks_stochastic(M, atol=STOCHASTIC_ATOL):
 
 def check_scores(M, name='A'):
   """Raise ``ValueError`` when ``M`` looks like a row-stochastic ``P`` where scores ``A = W^T``
-  (or ``log P``) are expected; return ``M``. Checked only on concrete arrays: under ``jit`` it
-  does nothing (``fit.p_error`` then returns NaN instead).
+  (or ``log P``) are expected; return ``M``. ``M`` must be (..., K, K) (always, under ``jit``
+  too); the values are checked only on concrete arrays: under ``jit`` that check does nothing
+  (``fit.p_error`` then returns NaN instead).
   """
+  checks.square(name, M, batch=True)
   host = checks.concrete(M)
   if host is not None and host.ndim >= 2 and np.any(np.asarray(looks_stochastic(host))):
     raise ValueError(f'{name} looks like a row-stochastic matrix P (entries in [0, 1], rows '

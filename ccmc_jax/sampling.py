@@ -39,10 +39,12 @@ def sample_scores(key, K, scale=1.0, zero_diag=False):
   Returns:
     (K, K) float32 scores; ``P* = softmax(A*, axis=-1)``.
   Raises:
-    ValueError: ``K`` not an int >= 1 (>= 2 with ``zero_diag``); a concrete ``scale`` that is
-      not a finite number >= 0 (a traced NaN scale gives NaN scores).
+    ValueError: ``key`` not a PRNG key; ``K`` not an int >= 1 (>= 2 with ``zero_diag``); a
+      concrete ``scale`` that is not a finite number >= 0 (a traced NaN scale gives NaN
+      scores).
   References: paper Sec. 3 (learning from IID prompts; ``A* ~ N(0, 1)`` is our default).
   """
+  checks.key('key', key)
   K = checks.size('K', K, 2 if zero_diag else 1)
   checks.number('scale', scale, 0)
   A = scale * jax.random.normal(key, (K, K), jnp.float32)
@@ -137,6 +139,7 @@ def sample_next_tokens(key, log_P, X, cross=False):
     ValueError: as :func:`sample_dataset` (``log_P`` not (K, K), ``X`` not (n, L) ids).
   References: paper Lemma 2.2; Fig. 4 (single outputs of many IID prompts).
   """
+  checks.key('key', key)
   check_score_matrix(log_P, 'log_P')
   checks.token_ids('X', X, checks.shape_of(log_P)[-1], min_length=1 + bool(cross), ndim=2)
   counts = model.token_counts(X, log_P.shape[-1], cross)
@@ -184,13 +187,15 @@ def sample_dataset(key, A, n, L, prompt_fn, cross=False):
   Returns:
     Dataset with ``n`` rows.
   Raises:
-    ValueError: ``A`` not (K, K); ``n`` or ``L`` not an int >= 1 (``L >= 2`` with ``cross``);
-      ``prompt_fn`` over another ``K`` or ``L`` (its attributes) or returning other than (n, L)
-      integer ids; called eagerly, NaN or ``+inf`` scores, a row-stochastic ``A``, prompt ids
-      outside ``[0, K)``. Under ``jit`` the value checks are skipped: NaN scores give answers
-      of token ``K - 1`` (check the scores eagerly).
+    ValueError: ``key`` not a PRNG key (``jax.random.PRNGKey(seed)``); ``A`` not (K, K); ``n``
+      or ``L`` not an int >= 1 (``L >= 2`` with ``cross``); ``prompt_fn`` over another ``K``
+      or ``L`` (its attributes) or returning other than (n, L) integer ids; called eagerly,
+      NaN or ``+inf`` scores, a row-stochastic ``A``, prompt ids outside ``[0, K)``. Under
+      ``jit`` the value checks are skipped: NaN scores give answers of token ``K - 1`` (check
+      the scores eagerly).
   References: paper Sec. 3 (learning from IID prompts).
   """
+  checks.key('key', key)
   check_score_matrix(A)
   n, L = checks.size('n', n), checks.size('L', L, 1 + bool(cross))
   checks.prompt_sampler(prompt_fn, checks.shape_of(A)[-1], L)
@@ -224,6 +229,7 @@ def sample_sparse_dataset(key, A, n, L, cross=False, prompt_fn=None):
     ValueError: as :func:`sample_dataset`.
   References: paper Definition 2.1 / Lemma 2.2; Sec. 3 (learning from IID prompts).
   """
+  checks.key('key', key)
   K = check_score_matrix(A)
   n, L = checks.size('n', n), checks.size('L', L, 1 + bool(cross))
   A = jnp.asarray(A)

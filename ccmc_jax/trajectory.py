@@ -40,12 +40,13 @@ def generate(key, log_P, X0, T, window=None, trace=True):
   Returns:
     Trajectory.
   Raises:
-    ValueError: ``log_P`` not (K, K), ``X0`` not 1-D integer ids, ``T`` not an int >= 1,
+    ValueError: ``key`` not a PRNG key, ``log_P`` not (K, K), ``X0`` not 1-D integer ids, ``T`` not an int >= 1,
       ``window`` not None or an int >= 1; called eagerly, NaN or ``+inf`` in ``log_P``, a
       row-stochastic ``log_P`` (``P`` itself), ids of ``X0`` outside ``[-1, K)`` or a padding
       last entry. Under ``jit`` these values are not checked: NaN scores draw token ``K - 1``.
   References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (facts 1-4).
   """
+  checks.key('key', key)
   K = sampling.check_score_matrix(log_P, 'log_P')
   checks.token_ids('X0', X0, K, ndim=1, pad=True)
   host = checks.concrete(X0)

@@ -58,6 +58,11 @@ STATIC = {
                                                            E=jnp.eye(2)), 'E must be'),
     'fit K float': (lambda: cj.fit_dataset(cj.Dataset(jnp.array([0, 1]), jnp.ones((2, 3)),
                                                       jnp.array([0, 1])), 3.0), 'K must be'),
+    'key not a key': (lambda: cj.sample_dataset(jnp.zeros(5), Z3, 10, 4, U(3, 4)), 'key must'),
+    'key batch': (lambda: cj.sample_scores(jax.random.split(KEY, 3), 3), 'key must'),
+    'trajectory key': (lambda: cj.generate_trajectory(0, jnp.log(P3), jnp.array([0, 1]), 5),
+                       'key must'),
+    'check_scores 1-D': (lambda: cj.check_scores(jnp.zeros(3)), 'A must be a'),
 }
 VALUES = {
     'NaN scores': (lambda: cj.sample_dataset(KEY, NAN3, 100, 4, U(3, 4)), 'A must hold'),
@@ -75,6 +80,8 @@ VALUES = {
     'negative position weights': (lambda: cj.positional_ccmc_next_token_probs(
         P3, jnp.array([0, 1, 2]), jnp.array([1.0, -1.0, 1.0])), 'w must'),
     'negative scale': (lambda: cj.sample_scores(KEY, 3, scale=-1.0), 'scale must'),
+    'p_error NaN truth': (lambda: cj.p_error(A3, NAN3), 'A_true must hold'),
+    'p_error inf P_true': (lambda: cj.p_error(A3, P_true=INF3), 'P_true must hold'),
     'fit answers id >= K': (lambda: cj.fit_dataset(cj.Dataset(
         jnp.array([0, 1]), jnp.ones((2, 3)), jnp.array([0, 7])), 3), 'data.y holds'),
 }
@@ -110,6 +117,12 @@ def test_static_checks_hold_under_jit_and_values_follow_the_docstrings():
   with pytest.raises(ValueError, match='X0 must be'):
     jax.jit(lambda lp, x: cj.generate_trajectory(KEY, lp, x, 5))(Z3, jnp.zeros((2, 2), int))
   assert np.all(np.isnan(jax.jit(cj.transition_matrix)(NAN3)))
+  assert np.isnan(cj.p_error(NAN3, A3))  # a diverged estimate: NaN, never a number
+  with pytest.raises(ValueError, match='key must'):
+    jax.jit(lambda k: cj.sample_scores(k, 3))(jnp.zeros(3, jnp.uint32))
+  typed = cj.sample_scores(jax.random.key(0), 3)  # a typed key is a key too
+  np.testing.assert_array_equal(typed, cj.sample_scores(KEY, 3))
+  assert jax.vmap(lambda k: cj.sample_scores(k, 3))(jax.random.split(KEY, 2)).shape == (2, 3, 3)
   assert checks.concrete(jnp.ones(2)) is not None
   assert jax.jit(lambda x: checks.concrete(x) is None and x)(1.0) == 1.0
 
