@@ -271,8 +271,8 @@ def check_memory(terms, error=ValueError, fraction=0.7, total=None):
   flags = memory.driving_flags(term)
   lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
   lower = ' or '.join(f'--{name}' for name, _, _ in flags)
-  raise error(f'{lead} needs about {_size(need)} ({term.what}), more than {fraction:.0%} of '
-              f'this machine\'s {_size(total)}: lower {lower}')
+  raise error(f'{lead} needs about {format_size(need)} ({term.what}), more than '
+              f'{fraction:.0%} of this machine\'s {format_size(total)}: lower {lower}')
 
 
 def out_of_memory(exc, terms=None):
@@ -284,18 +284,19 @@ def out_of_memory(exc, terms=None):
           or 'out of memory' in text.lower()):
     return None
   match = re.search(r'allocat\w* (\d+) bytes', text)
-  what = f'{_size(int(match.group(1)))} could not be allocated' if match else 'an allocation failed'
+  what = (f'{format_size(int(match.group(1)))} could not be allocated' if match
+          else 'an allocation failed')
   lower = 'lower the sizes of the run (K, n, T, trials, seeds)'
   if terms:
     from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
     flags = memory.driving_flags(max(terms, key=lambda t: t.bytes))
     lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
-    what += f' (the run was estimated at {_size(memory.peak(terms))}, mostly {lead})'
+    what += f' (the run was estimated at {format_size(memory.peak(terms))}, mostly {lead})'
     lower = f'lower {" or ".join(f"--{name}" for name, _, _ in flags)}, or free memory'
   return f'out of memory: {what}; {lower}; the results CSV holds every setting finished so far'
 
 
-def _size(nbytes):
+def format_size(nbytes):
   """Bytes in words: '3.2 GiB', '320 GiB', '48 MiB'."""
   for unit, scale in (('TiB', 2 ** 40), ('GiB', 2 ** 30), ('MiB', 2 ** 20)):
     if nbytes >= scale or unit == 'MiB':

@@ -24,6 +24,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import io
 from ccmc_jax import memory
 from experiments import common
 
@@ -85,9 +86,10 @@ def validate():
   try:
     if _FILE.value is not None:
       size = text.file_size(_FILE.value)  # before reading it: a file too large is named
-      common.check_memory(memory.real_text(*sizes, size, ('corpus_file', _FILE.value)) + [
+      named = f'{_FILE.value} (a file of {io.format_size(size)})'
+      common.check_memory(memory.real_text(*sizes, size, ('corpus_file', named)) + [
           memory.Term(READ_BYTES_PER_BYTE * size, f'reading {_FILE.value}',
-                      (('corpus_file', _FILE.value, 0),))])
+                      (('corpus_file', named, 0),))])
       corpus = text.read_text_file(_FILE.value)
     else:
       corpus = text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
