@@ -146,6 +146,14 @@ def _check_writable(name, path, folder):
     raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror}{where})') from None
 
 
+def check_one_corpus(corpus='corpus', corpus_file='corpus_file'):
+  """A script with both flags: ``--corpus`` given together with ``--corpus_file`` is one line
+  (the file would silently win)."""
+  if FLAGS[corpus_file].value is not None and FLAGS[corpus].present:
+    raise FlagError(f'--{corpus}={FLAGS[corpus].value} and --{corpus_file}='
+                    f'{FLAGS[corpus_file].value} both choose the corpus: give one of them')
+
+
 _MEMORY_TERMS = []  # the run's estimate (check_memory), named when an allocation fails
 
 

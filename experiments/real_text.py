@@ -38,15 +38,20 @@ _K = flags.DEFINE_integer('K', 2000, 'Vocabulary: the K most frequent training t
                           '<unk> (V = K + 1 CCMC states), in [2, 20000].')
 _L = flags.DEFINE_integer('L', 64, 'Prompt length L (the previous L tokens), in [2, 4096].')
 _T = flags.DEFINE_integer('T', 1000, 'Tokens generated after each prompt, in [10, 100000].')
-_PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate from, >= 1.')
+_PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate from, in '
+                                '[1, 100000] and at most the distinct prompt positions of the '
+                                'held-out part (refused beyond, with the count).')
 _RIDGE = flags.DEFINE_list('ridge', ['1e-7', '1e-6', '1e-5', '1e-4'],
                            'Ridge grid of the MLE (loss per sample + ridge/2 ||A||^2); the '
-                           'value with the lowest validation NLL is used. Each > 0.')
+                           'value with the lowest validation NLL is used. Each in (0, 1] '
+                           '(beyond, the fit is the uniform chain, and fit_mle\'s float32 CG '
+                           'gives NaN from about 1e5).')
 _SMOOTH = flags.DEFINE_list('smoothing', ['0.001', '0.01', '0.1', '1', '10'],
                             'Additive-smoothing grid of the bigram matrix (chosen on '
                             'validation, separately for bigram_P and the bigram chain). Each '
                             f'in (0, {1e6:g}] (beyond, the matrix is uniform to float32).')
 MAX_SMOOTHING = 1e6
+MAX_RIDGE = 1.0
 READ_BYTES_PER_BYTE = 6  # reading a file: its bytes, the decoded str (up to 4 bytes a char)
 
 NAME = 'real_text'
@@ -71,13 +76,11 @@ def validate():
   common.check_int('L', _L.value, 2, 4096)
   common.check_int('T', _T.value, 10, 100000)
   common.check_int('prompts', _PROMPTS.value, 1, 100000)
-  for name, flag, hi in (('ridge', _RIDGE, None), ('smoothing', _SMOOTH, MAX_SMOOTHING)):
+  for name, flag, hi in (('ridge', _RIDGE, MAX_RIDGE), ('smoothing', _SMOOTH, MAX_SMOOTHING)):
     if not flag.value:
       raise common.FlagError(f'--{name} is empty: give at least one value')
     common.check_float(name, flag.value, 0, hi, lo_open=True)
-  if _FILE.value is not None and _CORPUS.present:
-    raise common.FlagError(f'--corpus={_CORPUS.value} and --corpus_file={_FILE.value} both '
-                           f'choose the corpus: give one of them')
+  common.check_one_corpus()
   grid = len(_RIDGE.value) + len(_SMOOTH.value)
   sizes = (_K.value, _L.value, _T.value, _PROMPTS.value, grid)
   common.check_memory(memory.real_text(*sizes, 0, None))

@@ -223,7 +223,8 @@ def test_vocabulary_scaling_bad_flags_are_one_line(tmp_path):
 
 def test_real_text_refusals(tmp_path):
   """real_text, one subprocess:
-  * --smoothing=1e308 (before: ``All-NaN slice encountered``) and --corpus with --corpus_file
+  * --smoothing=1e308 and --ridge=1e6 (before: ``All-NaN slice encountered``) and --corpus with
+    --corpus_file
     (before: the file silently won) are one-line flag errors;
   * a --corpus_file too large is refused from its size, before it is read, naming the file
     (before: read first; out of memory on a 6 GB file blamed --K);
@@ -241,6 +242,7 @@ def test_real_text_refusals(tmp_path):
   r = {name: str(tmp_path / name) for name in ('a', 'b', 'c')}
   got = _probe('real_text', {
       'smoothing': ['validate', {**base, 'results_dir': r['a'], 'smoothing': ['1e308']}, []],
+      'ridge': ['validate', {**base, 'results_dir': r['a'], 'ridge': ['1e-6', '1e6']}, []],
       'both': ['validate', {**base, 'results_dir': r['b'], 'corpus_file': str(small)},
                ['corpus']],
       'big': ['validate', {**base, 'results_dir': r['c'], 'corpus_file': str(big)}, []],
@@ -249,6 +251,8 @@ def test_real_text_refusals(tmp_path):
               "io.physical_memory = lambda: 2**30")
   assert got['smoothing'][0] == 'FlagError'
   assert got['smoothing'][1].startswith('--smoothing=1e+308 is invalid'), got['smoothing']
+  assert got['ridge'][0] == 'FlagError'  # before: fit_mle's NaN, 'All-NaN slice encountered'
+  assert got['ridge'][1].startswith('--ridge=1000000.0 is invalid'), got['ridge']
   assert got['both'][0] == 'FlagError' and 'both choose the corpus' in got['both'][1]
   assert got['big'][0] == 'FlagError' and 'needs about' in got['big'][1], got['big']
   assert f'--corpus_file={big}' in got['big'][1]
