@@ -903,16 +903,33 @@ def read(results_dir, name):
   """The CSV ``name`` of ``results_dir`` checked against its schema; None when absent.
 
   Raises:
-    io.ResultsError: unreadable CSV, a missing column or a non-numeric value.
+    io.ResultsError: unreadable CSV, a missing column, a non-numeric value, or two rows with
+      the same key (the ``keys`` of its sidecar; without one, two identical rows): a row
+      written twice would count twice, as the plots and ``compare`` refuse it too.
   """
   path = os.path.join(results_dir, f'{name}.csv')
   if not os.path.isfile(path):
     return None
   numeric, strings = SCHEMAS[name]
   df = io.read_csv(path, required=numeric + strings, numeric=numeric)
+  io.check_unique(path, df, _row_keys(path, df))
   for c in strings:
     df[c] = df[c].astype(str)
   return df
+
+
+def _row_keys(path, df):
+  """The key columns of a results CSV: its sidecar's ``keys`` when they are columns of ``df``,
+  else every column (then only identical rows count as repeated)."""
+  try:
+    meta = io.read_meta(path[:-len('.csv')] + '.meta.json') or {}
+  except io.ResultsError:
+    meta = {}
+  keys = meta.get('keys')
+  if isinstance(keys, list) and keys and all(isinstance(k, str) and k in df.columns
+                                             for k in keys):
+    return keys
+  return list(df.columns)
 
 
 def evaluate(claim: Claim, frames: Mapping[str, Optional[pd.DataFrame]],

@@ -562,6 +562,13 @@ def _git_root():
   return None
 
 
+def check_rev(rev):
+  """A git revision given by the user is never passed to git as an option."""
+  if not isinstance(rev, str) or rev.startswith('-') or not rev.strip():
+    raise CompareError(f'--rev={rev} is invalid: allowed values are a git revision (a commit, '
+                       f'branch or tag, e.g. HEAD), not an option')
+
+
 def export_reference(rev, dest, folder='results'):
   """Write the results CSVs and sidecars of ``rev:<folder>/`` (the committed reference) into
   ``dest``. Returns the repository root.
@@ -569,6 +576,7 @@ def export_reference(rev, dest, folder='results'):
   Raises:
     CompareError: (one line) no git checkout of ccmc-jax, unknown revision, no results there.
   """
+  check_rev(rev)
   root = _git_root()
   if root is None:
     raise CompareError('--reference needs a git checkout of ccmc-jax (the reference is its '
@@ -624,12 +632,18 @@ def main(argv=None) -> int:
                            'recorded in the sidecars)')
   parser.add_argument('--atol', type=_nonneg_float, default=None,
                       help='one absolute tolerance for every column (default: per column)')
-  parser.add_argument('--keys', default='',
+  parser.add_argument('--keys', default=None,
                       help='comma-separated key columns, e.g. K,L,n,trial (default: from the '
                            'meta sidecar of A, else its leading non-float columns)')
   args = parser.parse_args(argv)
-  keys = [k.strip() for k in args.keys.split(',') if k.strip()]
+  keys = [] if args.keys is None else [k.strip() for k in args.keys.split(',')]
   try:
+    if args.keys is not None and not all(keys):
+      raise CompareError(f'--keys={args.keys} names an empty column: allowed values are '
+                         f'comma-separated column names, e.g. K,L,n,trial (omit --keys to use '
+                         f'the sidecar\'s keys)')
+    if args.reference:
+      check_rev(args.rev)
     folders = args.reference or (args.a and os.path.isdir(args.a) and args.b
                                  and os.path.isdir(args.b))
     if keys and folders:

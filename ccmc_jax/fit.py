@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ccmc_jax import checks
 from ccmc_jax import model
 from ccmc_jax.sampling import Dataset
 
@@ -302,8 +303,14 @@ def fit_scores(data: Dataset, K, capacity, n=None, ridge=1e-6, tol=1e-4, max_ite
     max_iter: Newton iterations at most.
   Returns:
     FitResult; ``A_hat`` has zero row means (the gauge), ``softmax(A_hat)`` estimates ``P``.
+  Raises:
+    ValueError: ``K`` or ``capacity`` not an int >= 1, ``data`` shapes inconsistent with ``K``
+      (always, under ``jit`` too); called eagerly, ids outside ``[0, K)`` or negative counts
+      (under ``jit`` such samples are not checked: use :func:`fit_dataset`, which checks them).
   References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
   """
+  K, capacity = checks.size('K', K), checks.size('capacity', capacity)
+  checks.dataset(data, K)
   g, dropped = group_by_query(data, K, capacity, n)
   return fit_grouped(g, ridge, tol, max_iter)._replace(dropped=dropped)
 
@@ -338,18 +345,22 @@ def fit_dataset(data: Dataset, K, n=None, ridge=1e-6, tol=1e-4, max_iter=50) -> 
     FitResult (batched like ``data``): ``A_hat`` row-centred scores, ``softmax(A_hat, -1)``
     estimates ``P``; ``dropped`` is 0.
   Raises:
-    ValueError: ``K`` does not match the data, token ids outside ``[0, K)``, or a bad ``n``.
+    ValueError: ``K`` does not match the data, token ids outside ``[0, K)``, negative counts,
+      a bad ``n``, ``ridge``, ``tol`` or ``max_iter``.
   References: paper Sec. 3 (convex MLE); ``docs/theory.md`` Sec. 3.
   """
-  query = np.asarray(data.query)
-  if data.counts.shape[-1] != K:
+  K = checks.size('K', K, 2)
+  counts_shape = checks.shape_of(getattr(data, 'counts', None))
+  if counts_shape and counts_shape[-1] != K:
     raise ValueError(f'K={K} does not match the data set: its counts have '
-                     f'{data.counts.shape[-1]} columns')
-  if query.size == 0 or query.min() < 0 or query.max() >= K:
-    raise ValueError(f'query tokens must lie in [0, K) = [0, {K}); got '
-                     f'[{query.min() if query.size else "empty"}, '
-                     f'{query.max() if query.size else "empty"}]')
-  N = query.shape[-1]
+                     f'{counts_shape[-1]} columns')
+  N = checks.dataset(data, K)
+  for name, value in (('ridge', ridge), ('tol', tol)):
+    checks.number(name, value, 0)
+  checks.size('max_iter', max_iter)
+  query = np.asarray(data.query)
+  if n is not None and (isinstance(n, bool) or not float(n).is_integer()):
+    raise ValueError(f'n={n!r}: allowed range is 1 <= n <= N = {N} (an integer)')
   n = N if n is None else int(n)
   if not 1 <= n <= N:
     raise ValueError(f'n={n}: allowed range is 1 <= n <= N = {N} (the data set size)')
@@ -429,7 +440,8 @@ def _check_same_square_shape(A_hat, truth):
 
 
 def p_error(A_hat, A_true=None, *, P_true=None):
-  """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (always finite).
+  """Squared Frobenius error on the transition matrix, ``||P_hat - P*||_F^2`` (finite for finite
+  ``A_hat``; a NaN estimate, e.g. of a diverged fit, gives NaN: a failure, never a number).
 
   ``P_hat = softmax(A_hat, -1)``; the truth is given either as scores ``A_true`` (``P* =
   softmax(A_true, -1)``) or as a transition matrix by keyword, ``P_true=P``. Both arguments are
@@ -442,6 +454,10 @@ def p_error(A_hat, A_true=None, *, P_true=None):
     A_hat: (..., K, K) estimated scores.
     A_true: (..., K, K) true scores (``-inf`` allowed: a zero diagonal).
     P_true: keyword-only alternative to ``A_true``: (..., K, K) row-stochastic truth.
+  Raises:
+    ValueError: shapes that are not (..., K, K) with the same K, or both / neither truth given
+      (always); called eagerly, a row-stochastic ``A_hat``/``A_true``, NaN or ``+inf`` in
+      ``A_true``, NaN or inf in ``P_true``.
   References: paper Sec. 3 (sample complexity, error ~ K^2/n).
   """
   if (A_true is None) == (P_true is None):
@@ -449,8 +465,11 @@ def p_error(A_hat, A_true=None, *, P_true=None):
   _check_same_square_shape(A_hat, P_true if A_true is None else A_true)
   model.check_scores(A_hat, 'A_hat')
   bad = model.looks_stochastic(A_hat)
-  if A_true is not None:
+  if A_true is None:
+    checks.no_nan('P_true', P_true, neg_inf=False)
+  else:
     model.check_scores(A_true, 'A_true')
+    checks.no_nan('A_true', A_true)
     bad = bad | model.looks_stochastic(A_true)
     P_true = jax.nn.softmax(A_true, -1)
   err = jnp.sum((jax.nn.softmax(A_hat, -1) - P_true) ** 2, axis=(-2, -1))

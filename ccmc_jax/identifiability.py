@@ -18,6 +18,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ccmc_jax import checks
+
 
 class CooccurrenceGraphs(NamedTuple):
   """Co-occurrence graphs ``G_k`` of a prompt set, one per query token ``k`` in ``queries``.
@@ -114,7 +116,7 @@ def cooccurrence_graph(prompts, query: Union[None, int, Sequence[int]] = None, c
     X = X.astype(np.int64)
   if X.min() < 0:
     raise ValueError(f'prompts must hold tokens >= 0, got {X.min()}')
-  K = int(X.max()) + 1 if K is None else int(K)
+  K = int(X.max()) + 1 if K is None else checks.size('K', K)
   if X.max() >= K:
     raise ValueError(f'prompts hold token {X.max()} but K={K} (tokens are 0..K-1)')
   if cross and X.shape[1] < 2:

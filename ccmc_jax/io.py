@@ -207,11 +207,11 @@ def read_csv(path, required=(), numeric=(), *, positive_int=(), nonnegative_int=
         raise ResultsError(f'{path}: column {c} has {v[i]:g} at row {i + 2}: the figure '
                            f'needs {words}{"" if c in nan_ok else " (no NaN)"}')
   if unique:
-    _check_unique(path, df, list(unique))
+    check_unique(path, df, list(unique))
   return df
 
 
-def _check_unique(path, df, keys):
+def check_unique(path, df, keys):
   """ResultsError naming the first key of ``keys`` that two rows of ``df`` share."""
   repeat = df.duplicated(keys, keep='first').to_numpy()
   if repeat.any():
@@ -271,8 +271,8 @@ def check_memory(terms, error=ValueError, fraction=0.7, total=None):
   flags = memory.driving_flags(term)
   lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
   lower = ' or '.join(f'--{name}' for name, _, _ in flags)
-  raise error(f'{lead} needs about {_size(need)} ({term.what}), more than {fraction:.0%} of '
-              f'this machine\'s {_size(total)}: lower {lower}')
+  raise error(f'{lead} needs about {format_size(need)} ({term.what}), more than '
+              f'{fraction:.0%} of this machine\'s {format_size(total)}: lower {lower}')
 
 
 def out_of_memory(exc, terms=None):
@@ -284,18 +284,19 @@ def out_of_memory(exc, terms=None):
           or 'out of memory' in text.lower()):
     return None
   match = re.search(r'allocat\w* (\d+) bytes', text)
-  what = f'{_size(int(match.group(1)))} could not be allocated' if match else 'an allocation failed'
+  what = (f'{format_size(int(match.group(1)))} could not be allocated' if match
+          else 'an allocation failed')
   lower = 'lower the sizes of the run (K, n, T, trials, seeds)'
   if terms:
     from ccmc_jax import memory  # pylint: disable=import-outside-toplevel
     flags = memory.driving_flags(max(terms, key=lambda t: t.bytes))
     lead = ' with '.join(f'--{name}={value}' for name, value, _ in flags[:2])
-    what += f' (the run was estimated at {_size(memory.peak(terms))}, mostly {lead})'
+    what += f' (the run was estimated at {format_size(memory.peak(terms))}, mostly {lead})'
     lower = f'lower {" or ".join(f"--{name}" for name, _, _ in flags)}, or free memory'
   return f'out of memory: {what}; {lower}; the results CSV holds every setting finished so far'
 
 
-def _size(nbytes):
+def format_size(nbytes):
   """Bytes in words: '3.2 GiB', '320 GiB', '48 MiB'."""
   for unit, scale in (('TiB', 2 ** 40), ('GiB', 2 ** 30), ('MiB', 2 ** 20)):
     if nbytes >= scale or unit == 'MiB':
@@ -320,10 +321,38 @@ def environment():
   return dict(_environment())
 
 
+NULL_NOTE = ('not a finite number (JSON has no Infinity or NaN), e.g. a ratio whose '
+             'denominator is 0: written as null')
+
+
+def json_safe(value, where='', nulls=None):
+  """``value`` with every non-finite float (Python or NumPy, in dicts, lists and tuples)
+  replaced by None; ``nulls`` collects ``{path: 'inf' | '-inf' | 'nan'}`` of the replaced
+  ones (``summary.ratio``, ``values[2]``)."""
+  if isinstance(value, dict):
+    return {k: json_safe(v, f'{where}.{k}' if where else str(k), nulls)
+            for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v, f'{where}[{i}]', nulls) for i, v in enumerate(value)]
+  if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+    if nulls is not None:
+      nulls[where] = str(float(value))
+    return None
+  return value
+
+
 def write_meta(path, flags: dict, **extra):
-  """Atomically write the ``<name>.meta.json`` sidecar: flags, versions, commit and extras."""
-  meta = {'flags': flags, 'environment': environment(), **extra}
-  atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + '\n')
+  """Atomically write the ``<name>.meta.json`` sidecar: flags, versions, commit and extras.
+
+  The file is strict JSON: a non-finite number (``inf``/``nan``, which ``json`` would write as
+  ``Infinity``/``NaN``) is written as ``null``, and ``null_values`` names each one with its
+  value and why (:data:`NULL_NOTE`)."""
+  nulls = {}
+  meta = json_safe({'flags': flags, 'environment': environment(), **extra}, nulls=nulls)
+  if nulls:
+    meta['null_values'] = {'why': NULL_NOTE, 'values': nulls}
+  atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str,
+                                     allow_nan=False) + '\n')
 
 
 def read_meta(path):
@@ -362,4 +391,22 @@ def lock(path, what=None):
     os.close(fd)
     raise ResultsError(f'{what or path} is being written by another run now (lock {path}): '
                        f'wait for it to end or give another --results_dir') from None
+  try:
+    same = os.path.samestat(os.fstat(fd), os.stat(path))
+  except OSError:
+    same = False
+  if not same:  # removed (unlock) by a refused run after we opened it: lock the new file
+    os.close(fd)
+    return lock(path, what)
   return fd
+
+
+def unlock(fd, path=None):
+  """Release a lock of :func:`lock`; with ``path``, remove the lock file first (a run that
+  created it and wrote nothing leaves no trace; :func:`lock` re-checks the file it locked)."""
+  if path is not None:
+    try:
+      os.unlink(path)
+    except OSError:
+      pass
+  os.close(fd)

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccmc_jax import checks
+
 
 def scores(W, E=None):
   """Score matrix ``A[i, j] = e_j^T W e_i`` (query row i, next-token column j).
@@ -32,13 +34,37 @@ def scores(W, E=None):
     E: (K, d) token embeddings; None means ``E = I_K`` (then ``A = W^T``).
   Returns:
     (K, K) scores.
+  Raises:
+    ValueError: ``W`` not square, ``E`` not (K, d); called eagerly, NaN or inf in ``W``/``E``
+      (under ``jit`` NaN in, NaN out).
   References: paper Fig. 2 (``softmax(E W e_i)`` forms row i of P).
   """
+  _check_weights(W, E)
   W = jnp.asarray(W)
   if E is None:
     return W.T
   E = jnp.asarray(E)
   return E @ W.T @ E.T
+
+
+def _check_weights(W, E=None, pos=None, L=None):
+  """W (d, d) finite; E (K, d) finite; pos (L, d) finite (values when concrete)."""
+  d = checks.square('W', W, 'attention weights')
+  checks.no_nan('W', W, neg_inf=False)
+  K = d
+  if E is not None:
+    shape = checks.shape_of(E)
+    if len(shape) != 2 or shape[1] != d or shape[0] < 1:
+      raise ValueError(f'E must be (K, d) = (K, {d}) embeddings (d from W), got shape {shape}')
+    checks.no_nan('E', E, neg_inf=False)
+    K = shape[0]
+  if pos is not None:
+    shape = checks.shape_of(pos)
+    if shape != (L, d):
+      raise ValueError(f'pos must be (L, d) = ({L}, {d}) positional embeddings, got shape '
+                       f'{shape}')
+    checks.no_nan('pos', pos, neg_inf=False)
+  return K
 
 
 def transition_matrix(W, E=None):
@@ -49,6 +75,8 @@ def transition_matrix(W, E=None):
     E: (K, d) embeddings, None for ``I_K``.
   Returns:
     (K, K) row-stochastic matrix, strictly positive for finite W.
+  Raises:
+    ValueError: as :func:`scores` (not square, E not (K, d), NaN/inf when called eagerly).
   References: paper Fig. 2 / Definition 2.1 (base Markov chain of the CCMC).
   """
   return jax.nn.softmax(scores(W, E), axis=-1)
@@ -63,8 +91,14 @@ def token_counts(X, K, cross=False):
     cross: if True the query (last position) is not a key and is not counted.
   Returns:
     float32 array (..., K) of counts (sum L, or L-1 when ``cross``).
+  Raises:
+    ValueError: ``K`` not an int >= 1, ``X`` not integer ids of length >= 1 (2 for
+      ``cross``); called eagerly, ids outside ``[0, K)`` (under ``jit`` such an id is dropped:
+      the counts then sum to less than L).
   References: paper Definition 2.1 (``m(X)``).
   """
+  K = checks.size('K', K)
+  checks.token_ids('X', X, K, min_length=1 + bool(cross))
   keys = jnp.asarray(X[..., :-1] if cross else X)
   flat = keys.reshape(-1, keys.shape[-1])
   # Scatter-add, not one_hot(...).sum(): memory O(K) per prompt instead of O(L K).
@@ -105,8 +139,14 @@ def ccmc_next_token_probs(P, X, cross=False):
     cross: cross-attention (the query is not counted among the keys; needs L >= 2).
   Returns:
     (..., K) probabilities, zero on tokens absent from the keys.
+  Raises:
+    ValueError: ``P`` not (K, K), ``X`` not integer ids of length >= 1 (2 for ``cross``);
+      called eagerly, a ``P`` that is not row-stochastic or ids outside ``[0, K)`` (under
+      ``jit`` an id >= K reads a clamped row of ``P``: check eagerly first).
   References: paper Definition 2.1 / Lemma 2.2.
   """
+  checks.square('P', P, 'transition probabilities')
+  checks.token_ids('X', X, checks.shape_of(P)[-1], min_length=1 + bool(cross))
   check_base_chain(P)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
@@ -130,8 +170,14 @@ def attention_next_token_probs(W, X, E=None, cross=False, pos=None):
     pos: optional (L, d) positional embeddings added to keys and query.
   Returns:
     (..., K) next-token probabilities.
+  Raises:
+    ValueError: ``W`` not (d, d), ``E`` not (K, d), ``pos`` not (L, d), ``X`` not integer ids
+      of length >= 1 (2 for ``cross``); called eagerly, NaN/inf weights or ids outside
+      ``[0, K)`` (under ``jit``: NaN in, NaN out; an id >= K is not counted).
   References: paper Sec. 2 (self-attention model), Fig. 2; Lemma 2.5 with ``pos``.
   """
+  K = _check_weights(W, E, pos, checks.shape_of(X)[-1] if checks.shape_of(X) else None)
+  checks.token_ids('X', X, K, min_length=1 + bool(cross))
   W = jnp.asarray(W)
   X = jnp.asarray(X)
   E = jnp.eye(W.shape[0], dtype=W.dtype) if E is None else jnp.asarray(E, W.dtype)
@@ -155,8 +201,14 @@ def positional_ccmc_next_token_probs(P, X, w, cross=False):
     cross: exclude the query position from the keys.
   Returns:
     (..., K) probabilities.
+  Raises:
+    ValueError: as :func:`ccmc_next_token_probs`; ``w`` not broadcastable to the keys; called
+      eagerly, negative or NaN weights.
   References: paper Definition 2.4 / Lemma 2.5 (positional encoding).
   """
+  checks.square('P', P, 'transition probabilities')
+  checks.token_ids('X', X, checks.shape_of(P)[-1], min_length=1 + bool(cross))
+  _check_position_weights(w, checks.shape_of(X), cross)
   check_base_chain(P)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
@@ -169,11 +221,35 @@ def positional_ccmc_next_token_probs(P, X, w, cross=False):
   return jnp.exp(ccmc_log_probs(jnp.log(P)[X[..., -1]], weights))
 
 
+def _check_position_weights(w, x_shape, cross):
+  keys = x_shape[:-1] + (x_shape[-1] - bool(cross),)
+  shape = checks.shape_of(w)
+  if cross and shape and shape[-1] == x_shape[-1]:
+    shape = shape[:-1] + (shape[-1] - 1,)
+  try:
+    np.broadcast_shapes(shape, keys)
+    ok = len(shape) >= 1 and shape[-1] == keys[-1]
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f'w must be position weights of shape (L,) = ({x_shape[-1]},) (or '
+                     f'broadcastable to the keys {keys}), got shape {checks.shape_of(w)}')
+  host = checks.concrete(w)
+  if host is not None and not np.all(np.asarray(host, np.float64) >= 0):
+    raise ValueError('w must hold non-negative finite position weights, got a negative or NaN '
+                     'entry')
+
+
 def zero_diagonal(P):
   """``P`` with its diagonal set to zero and rows renormalised (no token follows itself).
 
+  Raises ValueError for a ``P`` not (..., K, K) with K >= 2 (a 1 x 1 chain has no off-diagonal
+  mass).
   References: paper Fig. 5 (lower panels).
   """
+  if checks.square('P', P, 'transition probabilities', batch=True) < 2:
+    raise ValueError(f'P must have K >= 2 rows for a zero diagonal, got shape '
+                     f'{checks.shape_of(P)}')
   P = jnp.asarray(P)
   Q = P * (1.0 - jnp.eye(P.shape[-1], dtype=P.dtype))
   return Q / Q.sum(axis=-1, keepdims=True)
@@ -215,20 +291,14 @@ def looks_stochastic(M, atol=STOCHASTIC_ATOL):
   return entries & rows
 
 
-def _concrete(x):
-  """``x`` as a NumPy array, or None when it is traced (inside ``jit``/``vmap``/``grad``)."""
-  try:
-    return np.asarray(x)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return None
-
-
 def check_scores(M, name='A'):
   """Raise ``ValueError`` when ``M`` looks like a row-stochastic ``P`` where scores ``A = W^T``
-  (or ``log P``) are expected; return ``M``. Checked only on concrete arrays: under ``jit`` it
-  does nothing (``fit.p_error`` then returns NaN instead).
+  (or ``log P``) are expected; return ``M``. ``M`` must be (..., K, K) (always, under ``jit``
+  too); the values are checked only on concrete arrays: under ``jit`` that check does nothing
+  (``fit.p_error`` then returns NaN instead).
   """
-  host = _concrete(M)
+  checks.square(name, M, batch=True)
+  host = checks.concrete(M)
   if host is not None and host.ndim >= 2 and np.any(np.asarray(looks_stochastic(host))):
     raise ValueError(f'{name} looks like a row-stochastic matrix P (entries in [0, 1], rows '
                      f'summing to 1) where scores A = W^T are expected: pass log(P) (or '
@@ -239,7 +309,7 @@ def check_scores(M, name='A'):
 def check_base_chain(P, atol=1e-3):
   """Raise ``ValueError`` when a concrete ``P`` (K, K) is not row-stochastic (e.g. weights ``W``
   or scores ``A`` passed where the base chain is expected); nothing under ``jit``."""
-  host = _concrete(P)
+  host = checks.concrete(P)
   if host is None or host.ndim != 2:
     return
   host = host.astype(np.float64)

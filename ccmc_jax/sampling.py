@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ccmc_jax import checks
 from ccmc_jax import model
 
 
@@ -37,8 +38,15 @@ def sample_scores(key, K, scale=1.0, zero_diag=False):
     zero_diag: set the diagonal to ``-inf`` (``P* = zero_diagonal(P)``).
   Returns:
     (K, K) float32 scores; ``P* = softmax(A*, axis=-1)``.
+  Raises:
+    ValueError: ``key`` not a PRNG key; ``K`` not an int >= 1 (>= 2 with ``zero_diag``); a
+      concrete ``scale`` that is not a finite number >= 0 (a traced NaN scale gives NaN
+      scores).
   References: paper Sec. 3 (learning from IID prompts; ``A* ~ N(0, 1)`` is our default).
   """
+  checks.key('key', key)
+  K = checks.size('K', K, 2 if zero_diag else 1)
+  checks.number('scale', scale, 0)
   A = scale * jax.random.normal(key, (K, K), jnp.float32)
   if zero_diag:
     A = jnp.where(jnp.eye(K, dtype=bool), -jnp.inf, A)
@@ -49,9 +57,15 @@ def uniform_prompt(K, L) -> Callable:
   """Prompt sampler: ``L`` IID uniform tokens over ``[K]`` (paper Sec. 3 default).
 
   A prompt sampler maps uniforms ``u`` of shape (..., L + 1) in [0, 1) to prompts (..., L).
+  It carries ``K`` and ``L`` as attributes, so :func:`sample_dataset` refuses a sampler over
+  another vocabulary or length than its scores and ``L`` (:func:`ccmc_jax.checks.prompt_sampler`).
+  Raises ValueError unless ``K`` and ``L`` are ints >= 1.
   """
+  K, L = checks.size('K', K), checks.size('L', L)
+
   def sample(u):
     return jnp.minimum(jnp.floor(u[..., :L] * K), K - 1).astype(jnp.int32)
+  sample.K, sample.L = K, L
   return sample
 
 
@@ -62,8 +76,10 @@ def two_group_prompt(K, L) -> Callable:
   groups, ``{0..K/2-1}`` or ``{K/2..K-1}``, picked with probability 1/2 per prompt. Contexts
   never mix the groups, so for cross-attention every ``G_k`` has two components (Thm 3.4
   fails), while self-attention joins them through the query.
+  Raises ValueError unless ``K`` and ``L`` are ints >= 2 (two groups; a context and a query).
   References: paper Fig. 3, Thm 3.4; ``docs/theory.md`` Sec. 5 (identifiability).
   """
+  K, L = checks.size('K', K, 2), checks.size('L', L, 2)
   half = K // 2
 
   def sample(u):
@@ -73,6 +89,7 @@ def two_group_prompt(K, L) -> Callable:
     ctx = lo + jnp.minimum(jnp.floor(u[..., :L - 1] * size), size - 1).astype(jnp.int32)
     q = jnp.minimum(jnp.floor(u[..., L - 1:L] * K), K - 1).astype(jnp.int32)
     return jnp.concatenate([ctx, q], axis=-1).astype(jnp.int32)
+  sample.K, sample.L = K, L
   return sample
 
 
@@ -118,9 +135,13 @@ def sample_next_tokens(key, log_P, X, cross=False):
     cross: cross-attention keys (query excluded).
   Returns:
     (n,) int32 next tokens.
+  Raises:
+    ValueError: as :func:`sample_dataset` (``log_P`` not (K, K), ``X`` not (n, L) ids).
   References: paper Lemma 2.2; Fig. 4 (single outputs of many IID prompts).
   """
-  model.check_scores(log_P, 'log_P')
+  checks.key('key', key)
+  check_score_matrix(log_P, 'log_P')
+  checks.token_ids('X', X, checks.shape_of(log_P)[-1], min_length=1 + bool(cross), ndim=2)
   counts = model.token_counts(X, log_P.shape[-1], cross)
   return _next_tokens(_uniforms(key, X.shape[0], 1)[:, 0], log_P, X, counts)
 
@@ -133,10 +154,21 @@ def dataset_uniforms(key, n, L):
   return _uniforms(x_key, n, L + 1), _uniforms(y_key, n, 1)[:, 0]
 
 
+def check_score_matrix(A, name='A'):
+  """Scores (or ``log P``) for sampling: (K, K) always; when concrete no NaN, no ``+inf``
+  (``-inf`` is a forbidden transition) and not a row-stochastic ``P``. Returns K."""
+  K = checks.square(name, A)
+  checks.no_nan(name, A)
+  model.check_scores(A, name)
+  return K
+
+
 def dataset_from_uniforms(A, u_x, u_y, prompt_fn, cross=False):
   """:func:`sample_dataset` from the uniforms of :func:`dataset_uniforms` (same numbers)."""
-  model.check_scores(A, 'A')
-  X = prompt_fn(u_x)
+  K = check_score_matrix(A)
+  n, width = checks.shape_of(u_x)
+  checks.prompt_sampler(prompt_fn, K, width - 1)
+  X = checks.prompts_drawn(prompt_fn(u_x), n, width - 1, K)
   counts = model.token_counts(X, A.shape[-1], cross)
   return Dataset(X[:, -1], counts, _next_tokens(u_y, A, X, counts))
 
@@ -154,8 +186,19 @@ def sample_dataset(key, A, n, L, prompt_fn, cross=False):
     cross: cross-attention (query not among the keys).
   Returns:
     Dataset with ``n`` rows.
+  Raises:
+    ValueError: ``key`` not a PRNG key (``jax.random.PRNGKey(seed)``); ``A`` not (K, K); ``n``
+      or ``L`` not an int >= 1 (``L >= 2`` with ``cross``); ``prompt_fn`` over another ``K``
+      or ``L`` (its attributes) or returning other than (n, L) integer ids; called eagerly,
+      NaN or ``+inf`` scores, a row-stochastic ``A``, prompt ids outside ``[0, K)``. Under
+      ``jit`` the value checks are skipped: NaN scores give answers of token ``K - 1`` (check
+      the scores eagerly).
   References: paper Sec. 3 (learning from IID prompts).
   """
+  checks.key('key', key)
+  check_score_matrix(A)
+  n, L = checks.size('n', n), checks.size('L', L, 1 + bool(cross))
+  checks.prompt_sampler(prompt_fn, checks.shape_of(A)[-1], L)
   return dataset_from_uniforms(A, *dataset_uniforms(key, n, L), prompt_fn, cross)
 
 
@@ -182,10 +225,19 @@ def sample_sparse_dataset(key, A, n, L, cross=False, prompt_fn=None):
     prompt_fn: prompt sampler (default ``uniform_prompt(K, L)``).
   Returns:
     ``(prompts, answers)``: (n, L) int32 token ids (the query is the last column) and (n,) int32.
+  Raises:
+    ValueError: as :func:`sample_dataset`.
   References: paper Definition 2.1 / Lemma 2.2; Sec. 3 (learning from IID prompts).
   """
+  checks.key('key', key)
+  K = check_score_matrix(A)
+  n, L = checks.size('n', n), checks.size('L', L, 1 + bool(cross))
   A = jnp.asarray(A)
-  prompt_fn = uniform_prompt(A.shape[-1], L) if prompt_fn is None else prompt_fn
+  prompt_fn = uniform_prompt(K, L) if prompt_fn is None else prompt_fn
+  checks.prompt_sampler(prompt_fn, K, L)
+  checks.prompts_drawn(jax.eval_shape(prompt_fn, jax.ShapeDtypeStruct((BLOCK, L + 1),
+                                                                      jnp.float32)),
+                       BLOCK, L, K)
   x_key, y_key = jax.random.split(key)
 
   def block(b):

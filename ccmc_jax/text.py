@@ -70,13 +70,32 @@ def read_python_docs() -> str:
   return '\n'.join(topics.topics[k] for k in sorted(topics.topics))
 
 
-def read_text_file(path) -> str:
-  """A user's UTF-8 text file; TextError (one line, no flag name) when it is missing, not a
-  file, empty, or binary (NUL bytes or not UTF-8)."""
+class TooFewPositions(TextError):
+  """More prompts asked for than the blocks hold distinct prompt positions."""
+
+  def __init__(self, count, available):
+    super().__init__(f'{count} prompts asked for, but only {available} distinct prompt '
+                     f'positions fit')
+    self.count, self.available = count, available
+
+
+def file_size(path) -> int:
+  """The size in bytes of a user's text file, checked before it is read (TextError when it is
+  missing or not a file)."""
   if not os.path.exists(path):
     raise TextError(f'{path} does not exist')
   if not os.path.isfile(path):
     raise TextError(f'{path} is not a file')
+  try:
+    return os.path.getsize(path)
+  except OSError as e:
+    raise TextError(f'{path} cannot be read ({e.strerror})') from None
+
+
+def read_text_file(path) -> str:
+  """A user's UTF-8 text file; TextError (one line, no flag name) when it is missing, not a
+  file, empty, or binary (NUL bytes or not UTF-8)."""
+  file_size(path)
   try:
     with open(path, 'rb') as f:
       data = f.read()
@@ -221,6 +240,8 @@ def prompt_positions(blocks, L, T, count):
   valid = np.concatenate(valid) if valid else np.zeros(0, np.int64)
   if not len(valid):
     return valid
+  if count > len(valid):
+    raise TooFewPositions(count, len(valid))
   return valid[np.linspace(0, len(valid) - 1, count).round().astype(np.int64)]
 
 
@@ -277,7 +298,14 @@ def bigram_counts(ids, blocks, K) -> np.ndarray:
 def bigram_log_matrix(counts, alpha) -> np.ndarray:
   """Additively smoothed bigram chain ``log B``, ``B[i, j] = (C_ij + alpha) / (C_i + K alpha)``
   (float32)."""
-  C = np.asarray(counts, np.float64) + alpha
+  C = np.asarray(counts, np.float64)
+  if C.ndim != 2 or C.shape[0] != C.shape[1] or not np.all(np.isfinite(C) & (C >= 0)):
+    raise ValueError(f'counts must be a (K, K) matrix of finite counts >= 0, got shape '
+                     f'{C.shape}')
+  if not (np.isfinite(alpha) and alpha > 0 and np.isfinite(C.sum(1).max() + C.shape[0] * alpha)):
+    raise ValueError(f'alpha must be a number > 0 with K * alpha finite (K = {C.shape[0]}), got '
+                     f'{alpha!r}')
+  C = C + alpha
   return np.log(C / C.sum(1, keepdims=True)).astype(np.float32)
 
 

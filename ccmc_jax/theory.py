@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ccmc_jax import checks
 from ccmc_jax import fit
 from ccmc_jax.sampling import Dataset
 
@@ -50,9 +51,19 @@ def predicted_error(A, mc_data: Dataset, K, capacity, n, chunked=False):
     chunked: as in :func:`fisher_information`.
   Returns:
     the predicted squared error at each ``n``.
+  Raises:
+    ValueError: ``A`` not (K, K), ``mc_data`` not over ``K`` tokens, ``capacity`` not an int
+      >= 1 (always); called eagerly, NaN or ``+inf`` in ``A``, ids out of range, ``n`` not > 0
+      (under ``jit``: NaN in, NaN out).
   References: standard MLE asymptotics (delta method through the softmax); ``docs/theory.md``
     Sec. 4.
   """
+  K = checks.size('K', K)
+  checks.same('A', checks.square('A', A), K, 'K rows and columns: K =')
+  checks.no_nan('A', A)
+  checks.dataset(mc_data, K, 'mc_data')
+  checks.size('capacity', capacity)
+  checks.positive('n', n)
   F = fisher_information(A, mc_data, K, capacity, chunked)
   J = softmax_jacobian(jax.nn.softmax(A, axis=-1))
   per_row = jax.vmap(lambda j, f: jnp.trace(j @ _pinv_psd(f) @ j))(J, F)
@@ -155,12 +166,19 @@ def predicted_error_uniform(A, L, n, cross=False, step=0.5, row_block=64):
   References: standard MLE asymptotics (delta method through the softmax), paper Sec. 3;
     docs/theory.md.
   """
+  checks.square('A', A)
   A = np.asarray(A, np.float64)
-  if A.ndim != 2 or A.shape[0] != A.shape[1] or not np.all(np.isfinite(A)):
-    raise ValueError(f'A must be a finite square K x K matrix, got shape {A.shape}')
-  if L < 2 + bool(cross):
+  if not np.all(np.isfinite(A)):
+    raise ValueError(f'A must be a finite square K x K matrix, got shape {A.shape} with a '
+                     f'NaN or inf entry')
+  if isinstance(L, (bool, np.bool_)) or not isinstance(L, (int, np.integer)) or (
+      L < 2 + bool(cross)):
     raise ValueError(f'L must be >= {2 + bool(cross)}{" for cross-attention" if cross else ""}'
-                     f' (with a single key the answer is that key: no information), got {L}')
+                     f' (an integer; with a single key the answer is that key: no '
+                     f'information), got {L!r}')
+  checks.positive('n', n)
+  checks.number('step', step, 0, lo_open=True)
+  row_block = checks.size('row_block', row_block)
   K = A.shape[0]
   u_min = np.exp((A - A.max(axis=1, keepdims=True)).min())
   # 1/Z over Z in [u_min, L]: the integrands are negligible below t = 1e-6/L and beyond

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ccmc_jax import checks
 from ccmc_jax import model
 from ccmc_jax import sampling
 from ccmc_jax.sampling import Dataset
@@ -38,9 +39,23 @@ def generate(key, log_P, X0, T, window=None, trace=True):
     trace: return per-step frequencies (T, K); False returns only the final ones (1, K).
   Returns:
     Trajectory.
+  Raises:
+    ValueError: ``key`` not a PRNG key, ``log_P`` not (K, K), ``X0`` not 1-D integer ids, ``T`` not an int >= 1,
+      ``window`` not None or an int >= 1; called eagerly, NaN or ``+inf`` in ``log_P``, a
+      row-stochastic ``log_P`` (``P`` itself), ids of ``X0`` outside ``[-1, K)`` or a padding
+      last entry. Under ``jit`` these values are not checked: NaN scores draw token ``K - 1``.
   References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (facts 1-4).
   """
-  model.check_scores(log_P, 'log_P')
+  checks.key('key', key)
+  K = sampling.check_score_matrix(log_P, 'log_P')
+  checks.token_ids('X0', X0, K, ndim=1, pad=True)
+  host = checks.concrete(X0)
+  if host is not None and host[-1] < 0:
+    raise ValueError('X0 must end with a real token (its last entry is the first query), got '
+                     'padding -1')
+  T = checks.size('T', T)
+  if window is not None:
+    window = checks.size('window', window)
   log_P = jnp.asarray(log_P, jnp.float32)
   X0 = jnp.asarray(X0, jnp.int32)
   K = log_P.shape[-1]
@@ -77,8 +92,13 @@ def as_dataset(X0, tokens, K):
 
   Pair ``t`` has query ``x_t`` (the last context token), counts of ``X0 + tokens[:t]`` and
   answer ``tokens[t]``, so :func:`ccmc_jax.fit.fit_scores` learns ``W`` from one trajectory.
+  Raises ValueError for ``X0``/``tokens`` that are not 1-D integer ids (``tokens`` non-empty)
+  or, called eagerly, ids outside ``[-1, K)`` / ``[0, K)``.
   References: paper Sec. 4; ``docs/theory.md`` Sec. 7 (estimation from a single trajectory).
   """
+  K = checks.size('K', K)
+  checks.token_ids('X0', X0, K, ndim=1, pad=True)
+  checks.token_ids('tokens', tokens, K, ndim=1)
   X0 = jnp.asarray(X0, jnp.int32)
   tokens = jnp.asarray(tokens, jnp.int32)
   counts0 = jax.nn.one_hot(X0, K, dtype=jnp.float32).sum(0)

@@ -69,7 +69,10 @@ def check_int(name, value, lo, hi=None):
 
 
 def check_float(name, value, lo=None, hi=None, lo_open=False):
-  """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``)."""
+  """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``), for a float flag or
+  every element of a list flag (an empty list is refused)."""
+  if isinstance(value, (list, tuple)) and not value:
+    raise FlagError(f'--{name} is empty: give at least one value')
   for v in value if isinstance(value, (list, tuple)) else [value]:
     try:
       v = float(v)
@@ -111,32 +114,44 @@ def parse_X(name, values, K):
   return np.array([int(v) for v in values], np.int32)
 
 
-def check_writable_dir(name, path, create=True):
-  """Require ``path`` to be (creatable as) a writable folder. ``create=False``: create
-  nothing; check the folder, or where it does not exist yet its nearest existing parent."""
-  if not create:
-    probe_dir = os.path.abspath(path)
-    while not os.path.exists(probe_dir):
-      probe_dir = os.path.dirname(probe_dir)
-    if not os.path.isdir(probe_dir):
-      raise FlagError(f'--{name}={path} is not a writable folder ({probe_dir} is a file)')
-    try:
-      return check_writable_dir(name, probe_dir)
-    except FlagError as e:
-      raise FlagError(f'--{name}={path} is not a writable folder '
-                      f'({str(e).rsplit("(", 1)[1][:-1]} in {probe_dir})') from None
+def check_writable_dir(name, path, create=False):
+  """Require ``path`` to be (creatable as) a writable folder. By default nothing is created
+  (a refused run leaves no folder behind; the first file written makes it): the folder is
+  checked, or where it does not exist yet its nearest existing parent. ``create=True``: make
+  it now."""
+  if create:
+    return _check_writable(name, path, path)
+  probe_dir = os.path.abspath(path)
+  while not os.path.exists(probe_dir):
+    probe_dir = os.path.dirname(probe_dir)
+  if not os.path.isdir(probe_dir):
+    raise FlagError(f'--{name}={path} is not a writable folder ({probe_dir} is a file)')
+  return _check_writable(name, path, probe_dir)
+
+
+def _check_writable(name, path, folder):
+  """FlagError unless ``folder`` (made if missing) takes a real write; names ``--name=path``."""
+  where = '' if os.path.abspath(folder) == os.path.abspath(path) else f' in {folder}'
   try:
-    os.makedirs(path, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
   except OSError as e:
-    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise FlagError(f'--{name}={path} is not a writable folder (permission denied)')
+    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror}{where})') from None
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise FlagError(f'--{name}={path} is not a writable folder (permission denied{where})')
   try:  # a real write: root passes os.access on /proc and on read-only mounts
-    fd, probe = tempfile.mkstemp(prefix='.write_probe_', dir=path)
+    fd, probe = tempfile.mkstemp(prefix='.write_probe_', dir=folder)
     os.close(fd)
     os.remove(probe)
   except OSError as e:
-    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror})') from None
+    raise FlagError(f'--{name}={path} is not a writable folder ({e.strerror}{where})') from None
+
+
+def check_one_corpus(corpus='corpus', corpus_file='corpus_file'):
+  """A script with both flags: ``--corpus`` given together with ``--corpus_file`` is one line
+  (the file would silently win)."""
+  if FLAGS[corpus_file].value is not None and FLAGS[corpus].present:
+    raise FlagError(f'--{corpus}={FLAGS[corpus].value} and --{corpus_file}='
+                    f'{FLAGS[corpus_file].value} both choose the corpus: give one of them')
 
 
 _MEMORY_TERMS = []  # the run's estimate (check_memory), named when an allocation fails
@@ -222,6 +237,7 @@ class Results:
     with uninterrupted():
       self.write_meta('complete', rows=len(self.frame), wall_time_s=round(wall, 2),
                       tolerances=tolerances.for_table(self.name), **extra)  # used by compare
+      self.run._wrote = True  # pylint: disable=protected-access
     if self._own_run:
       self.run.close()
     return wall
@@ -248,24 +264,32 @@ class Run(dict):
     tables = [t if isinstance(t, Results) else Results(*t, flag_dict, run=self) for t in tables]
     super().__init__((t.name, t) for t in tables)
     self.flags, self.main, self.journal = flag_dict, tables[0], {}
-    self._unit, self._locks = None, []
+    self._unit, self._locks, self._wrote = None, [], False
     for t in tables:
       t.run = self
+    # Folders this run creates (for the lock files), so that a refused run removes them again.
+    self._made_dirs = sorted({d for t in tables for d in _missing_dirs(os.path.dirname(t.path))},
+                             key=len, reverse=True)
+    self._before, self._stale, self._touched = {}, [], False
     try:
       for t in tables:
-        self._locks.append(io.lock(os.path.join(os.path.dirname(t.path), f'.{t.name}.lock'),
-                                   what=t.path))
+        path = os.path.join(os.path.dirname(t.path), f'.{t.name}.lock')
+        created = not os.path.exists(path)
+        self._locks.append((io.lock(path, what=t.path), path if created else None))
+      # What the folder held once it is ours (locked), so that a run refused or stopped before
+      # it wrote any table leaves it as it found it (discard).
+      self._before = {t.meta_path: _read_bytes(t.meta_path) for t in tables}
       if resume:
         self._resume([self[name] for name in resume])
-      for t in tables:  # temporaries of a killed run (none once a --resume has used them)
-        folder = os.path.dirname(t.path)
-        for stale in glob.glob(os.path.join(glob.escape(folder), f'.{t.name}.csv.*.tmp')):
-          os.unlink(stale)
+      for t in tables:  # temporaries of a killed run: removed once this run writes (a --resume
+        folder = os.path.dirname(t.path)  # has used its own by then), kept by a refused run
+        self._stale += glob.glob(os.path.join(glob.escape(folder), f'.{t.name}.csv.*.tmp'))
       with uninterrupted():
+        self._touched = True
         for t in tables:
           t.write_meta('partial')
     except BaseException:
-      self.close()
+      self.discard()
       raise
 
   def _resume(self, tables):
@@ -331,6 +355,7 @@ class Run(dict):
   def commit(self, tables):
     """Write ``tables``: stage every CSV, write the journal, then rename them all (signals
     deferred); each table's frame is then exactly what its CSV holds."""
+    self._remove_stale()
     staged = []
     with uninterrupted():
       try:
@@ -351,11 +376,78 @@ class Run(dict):
             os.unlink(tmp)
       for t in tables:
         t.frame = io.parse_csv_text(texts[t.name])
+    self._wrote = True
+
+  def _remove_stale(self):
+    """Remove the temporaries of a killed run (once this run writes, or ends well)."""
+    while self._stale:
+      try:
+        os.unlink(self._stale.pop())
+      except FileNotFoundError:
+        pass
 
   def close(self):
     """Release the locks (the process's end releases them too)."""
+    self._remove_stale()
     while self._locks:
-      os.close(self._locks.pop())
+      io.unlock(self._locks.pop()[0])
+
+  def discard(self):
+    """End a run that wrote no table (refused: another run holds a lock, a bad --resume, a model
+    folder that cannot be used, an error before the first result; or stopped): its sidecars
+    are put back as they were (or removed), the lock files and folders it created are removed,
+    the locks released. The folder is left as the run found it. After a table was written,
+    only the locks are released (the sidecars then say 'partial', for --resume)."""
+    if self._wrote:
+      self.close()
+      return
+    with uninterrupted():
+      if self._touched:  # only a run holding every lock wrote the sidecars
+        for path, before in self._before.items():
+          if before is None:
+            if os.path.exists(path):
+              os.unlink(path)
+          elif _read_bytes(path) != before:
+            io.atomic_write(path, lambda f, b=before: f.write(b), mode='wb')
+      while self._locks:
+        io.unlock(*self._locks.pop())
+      for folder in self._made_dirs:  # deepest first; one another run now uses is not empty
+        try:
+          os.rmdir(folder)
+        except OSError:
+          pass
+
+  @contextlib.contextmanager
+  def session(self):
+    """``with run.session():`` the body of a run: :meth:`discard` if it raises, else
+    :meth:`close`."""
+    try:
+      yield self
+    except BaseException:
+      self.discard()
+      raise
+    self.close()
+
+
+def _missing_dirs(folder):
+  """``folder`` and those of its parents that do not exist yet."""
+  missing, folder = [], os.path.abspath(folder)
+  while folder and not os.path.exists(folder):
+    missing.append(folder)
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  return missing
+
+
+def _read_bytes(path):
+  """The bytes of a file, None when there is none."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError:
+    return None
 
 
 _INTERRUPT = {'depth': 0, 'signal': None, 'received': None}
@@ -417,8 +509,9 @@ def run_and_plot(name, keys, flag_names, validate, run_experiment, plot, summary
   if not FLAGS.plot_only:
     _, flag_dict = start(validate, flag_names)
     results = Results(name, keys, flag_dict, FLAGS.resume)  # locked until finish
-    run_experiment(results)
-    wall = results.finish(**summary(results.frame))
+    with results.run.session():
+      run_experiment(results)
+      wall = results.finish(**summary(results.frame))
     progress(f'{name}: wrote {results.path} in {wall:.1f} s')
   paths = plot(csv)
   progress(f'{name}: wrote {", ".join(paths)}')
@@ -483,7 +576,7 @@ def main(spec: Spec):
     checked, flag_dict = start(spec.validate, spec.flag_names)
     results = Run(flag_dict, [(t.name, t.keys) for t in spec.tables],
                   [t.name for t in spec.tables if FLAGS.resume and t.resume])
-    try:
+    with results.session():
       spec.run(checked, results)
       for t in reversed(spec.tables):  # the main table last: its wall time covers the run
         stats = t.summary(results[t.name].frame) if t.summary else {}
@@ -492,8 +585,6 @@ def main(spec: Spec):
       line = spec.message(stats) + '; ' if spec.message else ''
       progress(f'{spec.name}: {line}wrote {results[first].path} in {wall:.1f} s')
       figures = save_figure(spec.plot(*paths), spec.name)  # under the lock: the CSVs it drew
-    finally:
-      results.close()
   else:
     figures = save_figure(spec.plot(*paths), spec.name)
   progress(f'{spec.name}: wrote {", ".join(figures)}')

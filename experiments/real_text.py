@@ -24,6 +24,7 @@ import time
 
 from absl import flags
 
+from ccmc_jax import io
 from ccmc_jax import memory
 from experiments import common
 
@@ -37,13 +38,21 @@ _K = flags.DEFINE_integer('K', 2000, 'Vocabulary: the K most frequent training t
                           '<unk> (V = K + 1 CCMC states), in [2, 20000].')
 _L = flags.DEFINE_integer('L', 64, 'Prompt length L (the previous L tokens), in [2, 4096].')
 _T = flags.DEFINE_integer('T', 1000, 'Tokens generated after each prompt, in [10, 100000].')
-_PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate from, >= 1.')
+_PROMPTS = flags.DEFINE_integer('prompts', 100, 'Held-out prompts to generate from, in '
+                                '[1, 100000] and at most the distinct prompt positions of the '
+                                'held-out part (refused beyond, with the count).')
 _RIDGE = flags.DEFINE_list('ridge', ['1e-7', '1e-6', '1e-5', '1e-4'],
                            'Ridge grid of the MLE (loss per sample + ridge/2 ||A||^2); the '
-                           'value with the lowest validation NLL is used. Each > 0.')
+                           'value with the lowest validation NLL is used. Each in (0, 1] '
+                           '(beyond, the fit is the uniform chain, and fit_mle\'s float32 CG '
+                           'gives NaN from about 1e5).')
 _SMOOTH = flags.DEFINE_list('smoothing', ['0.001', '0.01', '0.1', '1', '10'],
                             'Additive-smoothing grid of the bigram matrix (chosen on '
-                            'validation, separately for bigram_P and the bigram chain). Each > 0.')
+                            'validation, separately for bigram_P and the bigram chain). Each '
+                            f'in (0, {1e6:g}] (beyond, the matrix is uniform to float32).')
+MAX_SMOOTHING = 1e6
+MAX_RIDGE = 1.0
+READ_BYTES_PER_BYTE = 6  # reading a file: its bytes, the decoded str (up to 4 bytes a char)
 
 NAME = 'real_text'
 FLAG_NAMES = ['corpus', 'corpus_file', 'K', 'L', 'T', 'prompts', 'ridge', 'smoothing']
@@ -67,16 +76,23 @@ def validate():
   common.check_int('L', _L.value, 2, 4096)
   common.check_int('T', _T.value, 10, 100000)
   common.check_int('prompts', _PROMPTS.value, 1, 100000)
-  for name, flag in (('ridge', _RIDGE), ('smoothing', _SMOOTH)):
+  for name, flag, hi in (('ridge', _RIDGE, MAX_RIDGE), ('smoothing', _SMOOTH, MAX_SMOOTHING)):
     if not flag.value:
       raise common.FlagError(f'--{name} is empty: give at least one value')
-    common.check_float(name, flag.value, 0, None, lo_open=True)
+    common.check_float(name, flag.value, 0, hi, lo_open=True)
+  common.check_one_corpus()
   grid = len(_RIDGE.value) + len(_SMOOTH.value)
-  common.check_memory(memory.real_text(_K.value, _L.value, _T.value, _PROMPTS.value, grid, 0, None))
+  sizes = (_K.value, _L.value, _T.value, _PROMPTS.value, grid)
+  common.check_memory(memory.real_text(*sizes, 0, None))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
   try:
     if _FILE.value is not None:
+      size = text.file_size(_FILE.value)  # before reading it: a file too large is named
+      named = f'{_FILE.value} (a file of {io.format_size(size)})'
+      common.check_memory(memory.real_text(*sizes, size, ('corpus_file', named)) + [
+          memory.Term(READ_BYTES_PER_BYTE * size, f'reading {_FILE.value}',
+                      (('corpus_file', named, 0),))])
       corpus = text.read_text_file(_FILE.value)
     else:
       corpus = text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
@@ -99,8 +115,9 @@ def corpus_error(e):
   return f'--corpus={_CORPUS.value} {msg}'
 
 
-def compute(corpus_text, flag_dict):
-  """Run the experiment, then write the three CSVs and their sidecars (nothing before)."""
+def compute(corpus_text, run):
+  """Run the experiment, then write the three CSVs of ``run`` (a :class:`common.Run`, locked
+  for the whole computation) and their sidecars."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
   from ccmc_jax import text  # pylint: disable=import-outside-toplevel
   from ccmc_jax.trials import real_text  # pylint: disable=import-outside-toplevel
@@ -110,6 +127,11 @@ def compute(corpus_text, flag_dict):
                         prompts=_PROMPTS.value, ridges=[float(r) for r in _RIDGE.value],
                         smoothing=[float(s) for s in _SMOOTH.value], seed=flags.FLAGS.seed,
                         progress=lambda msg: common.progress(f'{NAME}: {msg}', start))
+  except text.TooFewPositions as e:
+    raise common.FlagError(f'--prompts={e.count} is invalid: the held-out part of the corpus '
+                           f'has {e.available} distinct prompt positions (--L={_L.value} '
+                           f'prompt and --T={_T.value} continuation tokens inside one block): '
+                           f'allowed values are 1 to {e.available}') from None
   except text.TextError as e:
     raise common.FlagError(corpus_error(e)) from None
   corpus = 'file' if _FILE.value is not None else _CORPUS.value
@@ -117,11 +139,12 @@ def compute(corpus_text, flag_dict):
   frames = {'real_text': pd.DataFrame({**out['text'], **extra, 'T': _T.value}),
             'real_text_fit': pd.DataFrame({**out['fit'], **extra}),
             'real_text_curves': pd.DataFrame({**out['curves'], **extra, 'T': _T.value})}
-  for name, frame in frames.items():
-    results = common.Results(name, KEYS[name], flag_dict)
-    results.start = start  # the sidecar's wall time is the whole computation's
-    results.add(frame)
-    results.finish(summary=out['summary'], choices=out['choices'], sizes=out['sizes'])
+  with run.unit():
+    for name, frame in frames.items():
+      run[name].add(frame)
+  for name in frames:
+    run[name].start = start  # the sidecar's wall time is the whole computation's
+    run[name].finish(summary=out['summary'], choices=out['choices'], sizes=out['sizes'])
   s = out['summary']
   common.progress(f'{NAME}: held-out NLL ' + ', '.join(
       f'{m} {v:.4f}' for m, v in s['heldout_nll'].items()) + f'; copy fraction '
@@ -134,7 +157,9 @@ def compute(corpus_text, flag_dict):
 def main(_):
   if not flags.FLAGS.plot_only:
     corpus_text, flag_dict = common.start(validate, FLAG_NAMES)
-    compute(corpus_text, flag_dict)
+    run = common.Run(flag_dict, list(KEYS.items()))  # every table locked until the end
+    with run.session():
+      compute(corpus_text, run)
   from experiments.plots import real_text as plot  # pylint: disable=import-outside-toplevel
   paths = common.save_figure(plot.draw(*common.csv_paths(*KEYS)), NAME)
   common.progress(f'{NAME}: wrote {", ".join(paths)}')

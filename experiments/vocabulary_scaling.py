@@ -24,7 +24,8 @@ flags.adopt_module_key_flags(common)  # --seed, --quick, ... appear in --help
 
 _K = flags.DEFINE_list('K', ['8', '16', '32', '64', '128', '256', '512'],
                        'Vocabulary sizes K (paper Sec. 2), in [2, 4096].')
-_L = flags.DEFINE_integer('L', 10, 'Prompt length L (paper Sec. 2), >= 1.')
+_L = flags.DEFINE_integer('L', 10, 'Prompt length L (paper Sec. 2), >= 2 (with one key the '
+                          'answer is that key: nothing to learn).')
 _RATIO = flags.DEFINE_list('n_over_K2', ['10', '30'],
                            'Sample sizes as n / K^2 (n = round(ratio * K^2) IID prompts), > 0.')
 _TRIALS = flags.DEFINE_integer('trials', 32, 'Trials at K = 8; at K: max(min_trials, '
@@ -53,7 +54,7 @@ def cells():
 def validate():
   """One-line errors for bad flags, before any work."""
   common.check_int('K', _K.value, 2, 4096)
-  common.check_int('L', _L.value, 1)
+  common.check_int('L', _L.value, 2)
   common.check_float('n_over_K2', _RATIO.value, 0, 1e4, lo_open=True)
   common.check_int('trials', _TRIALS.value, 1)
   common.check_int('min_trials', _MIN_TRIALS.value, 1)
