@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ccmc_jax import io
+from ccmc_jax import memory
 from ccmc_jax import sharding
 from ccmc_jax import tolerances
 from experiments.plots import style
@@ -152,6 +153,39 @@ def check_one_corpus(corpus='corpus', corpus_file='corpus_file'):
   if FLAGS[corpus_file].value is not None and FLAGS[corpus].present:
     raise FlagError(f'--{corpus}={FLAGS[corpus].value} and --{corpus_file}='
                     f'{FLAGS[corpus_file].value} both choose the corpus: give one of them')
+
+
+READ_BYTES_PER_BYTE = 6  # reading a file: its bytes, the decoded str (up to 4 bytes a char)
+
+
+def read_corpus(memory_terms, corpus='corpus', corpus_file='corpus_file'):
+  """The corpus text that ``--corpus_file`` (when given) or ``--corpus`` names. A file's size is
+  checked against memory before it is read (``memory_terms(size, (flag, shown))`` gives the
+  run's ``ccmc_jax.memory`` terms for a corpus of that many bytes); every corpus problem is one
+  FlagError naming the flag that chose the corpus."""
+  from ccmc_jax import text  # pylint: disable=import-outside-toplevel
+  path = FLAGS[corpus_file].value
+  try:
+    if path is None:
+      return text.read_kjv() if FLAGS[corpus].value == 'kjv' else text.read_python_docs()
+    size = text.file_size(path)  # before reading it: a file too large is named
+    named = f'{path} (a file of {io.format_size(size)})'
+    check_memory(memory_terms(size, (corpus_file, named)) + [
+        memory.Term(READ_BYTES_PER_BYTE * size, f'reading {path}', ((corpus_file, named, 0),))])
+    return text.read_text_file(path)
+  except text.TextError as e:
+    raise FlagError(corpus_error(e, corpus, corpus_file)) from None
+
+
+def corpus_error(e, corpus='corpus', corpus_file='corpus_file'):
+  """A corpus problem (``ccmc_jax.text.TextError``) as one line naming the flag that chose the
+  corpus (and the too-large setting, when there is one)."""
+  msg, path = str(e), FLAGS[corpus_file].value
+  if msg.startswith('--'):
+    return msg
+  if path is not None:
+    return f'--{corpus_file}={path} {msg[len(path) + 1:] if msg.startswith(path) else msg}'
+  return f'--{corpus}={FLAGS[corpus].value} {msg}'
 
 
 _MEMORY_TERMS = []  # the run's estimate (check_memory), named when an allocation fails

@@ -24,7 +24,6 @@ import time
 
 from absl import flags
 
-from ccmc_jax import io
 from ccmc_jax import memory
 from experiments import common
 
@@ -52,7 +51,6 @@ _SMOOTH = flags.DEFINE_list('smoothing', ['0.001', '0.01', '0.1', '1', '10'],
                             f'in (0, {1e6:g}] (beyond, the matrix is uniform to float32).')
 MAX_SMOOTHING = 1e6
 MAX_RIDGE = 1.0
-READ_BYTES_PER_BYTE = 6  # reading a file: its bytes, the decoded str (up to 4 bytes a char)
 
 NAME = 'real_text'
 FLAG_NAMES = ['corpus', 'corpus_file', 'K', 'L', 'T', 'prompts', 'ridge', 'smoothing']
@@ -71,7 +69,6 @@ def apply_quick():
 
 def validate():
   """One-line errors for bad flags, before any work; returns the corpus text."""
-  from ccmc_jax import text  # pylint: disable=import-outside-toplevel
   common.check_int('K', _K.value, 2, 20000)
   common.check_int('L', _L.value, 2, 4096)
   common.check_int('T', _T.value, 10, 100000)
@@ -86,33 +83,10 @@ def validate():
   common.check_memory(memory.real_text(*sizes, 0, None))
   common.check_writable_dir('results_dir', flags.FLAGS.results_dir)
   common.check_writable_dir('figures_dir', flags.FLAGS.figures_dir)
-  try:
-    if _FILE.value is not None:
-      size = text.file_size(_FILE.value)  # before reading it: a file too large is named
-      named = f'{_FILE.value} (a file of {io.format_size(size)})'
-      common.check_memory(memory.real_text(*sizes, size, ('corpus_file', named)) + [
-          memory.Term(READ_BYTES_PER_BYTE * size, f'reading {_FILE.value}',
-                      (('corpus_file', named, 0),))])
-      corpus = text.read_text_file(_FILE.value)
-    else:
-      corpus = text.read_kjv() if _CORPUS.value == 'kjv' else text.read_python_docs()
-  except text.TextError as e:
-    raise common.FlagError(corpus_error(e)) from None
+  corpus = common.read_corpus(lambda size, source: memory.real_text(*sizes, size, source))
   source = ('corpus_file', _FILE.value) if _FILE.value else ('corpus', _CORPUS.value)
-  common.check_memory(memory.real_text(_K.value, _L.value, _T.value, _PROMPTS.value, grid,
-                                       len(corpus), source))
+  common.check_memory(memory.real_text(*sizes, len(corpus), source))
   return corpus
-
-
-def corpus_error(e):
-  """A corpus problem as one line naming the flag that chose the corpus (and the too-large
-  setting, when there is one)."""
-  msg, path = str(e), _FILE.value
-  if msg.startswith('--'):
-    return msg
-  if path is not None:
-    return f'--corpus_file={path} {msg[len(path) + 1:] if msg.startswith(path) else msg}'
-  return f'--corpus={_CORPUS.value} {msg}'
 
 
 def compute(corpus_text, run):
@@ -133,7 +107,7 @@ def compute(corpus_text, run):
                            f'prompt and --T={_T.value} continuation tokens inside one block): '
                            f'allowed values are 1 to {e.available}') from None
   except text.TextError as e:
-    raise common.FlagError(corpus_error(e)) from None
+    raise common.FlagError(common.corpus_error(e)) from None
   corpus = 'file' if _FILE.value is not None else _CORPUS.value
   extra = {'corpus': corpus, 'K': _K.value, 'L': _L.value}
   frames = {'real_text': pd.DataFrame({**out['text'], **extra, 'T': _T.value}),

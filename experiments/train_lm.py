@@ -93,7 +93,7 @@ def validate():
       corpus = text.read_kjv() if rt._CORPUS.value == 'kjv' else text.read_python_docs()  # pylint: disable=protected-access
     data = train_lm.prepare(corpus, rt._K.value, flags.FLAGS.seed, _CONTEXT.value)  # pylint: disable=protected-access
   except text.TextError as e:
-    raise common.FlagError(rt.corpus_error(e)) from None
+    raise common.FlagError(common.corpus_error(e)) from None
   ckpt = state = None
   if flags.FLAGS.resume or _REUSE.value:
     ckpt, state, why = train_lm.find_checkpoint(model_dir(), common.flag_values(FLAG_NAMES),
