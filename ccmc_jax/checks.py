@@ -216,8 +216,10 @@ def dataset(data, K, name='data'):
   token_ids(f'{name}.query', query, K)
   token_ids(f'{name}.y', y, K)
   host = concrete(counts)
-  if host is not None and not np.all(np.asarray(host, np.float64) >= 0):
-    raise ValueError(f'{name}.counts must hold finite counts >= 0, got a negative or NaN entry')
-  if host is not None and not np.all(np.isfinite(host)):
-    raise ValueError(f'{name}.counts must hold finite counts >= 0, got inf')
+  if host is not None:
+    bad = ~(np.isfinite(host) & (np.asarray(host, np.float64) >= 0))
+    if bad.any():
+      where = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f'{name}.counts must hold finite counts >= 0, got {host[where]} at index '
+                       f'{where}')
   return qs[-1]

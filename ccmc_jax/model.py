@@ -145,9 +145,7 @@ def ccmc_next_token_probs(P, X, cross=False):
       ``jit`` an id >= K reads a clamped row of ``P``: check eagerly first).
   References: paper Definition 2.1 / Lemma 2.2.
   """
-  checks.square('P', P, 'transition probabilities')
-  checks.token_ids('X', X, checks.shape_of(P)[-1], min_length=1 + bool(cross))
-  check_base_chain(P)
+  _check_chain_and_prompt(P, X, cross)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
   counts = token_counts(X, P.shape[-1], cross)
@@ -206,10 +204,8 @@ def positional_ccmc_next_token_probs(P, X, w, cross=False):
       eagerly, negative or NaN weights.
   References: paper Definition 2.4 / Lemma 2.5 (positional encoding).
   """
-  checks.square('P', P, 'transition probabilities')
-  checks.token_ids('X', X, checks.shape_of(P)[-1], min_length=1 + bool(cross))
+  _check_chain_and_prompt(P, X, cross)
   _check_position_weights(w, checks.shape_of(X), cross)
-  check_base_chain(P)
   P = jnp.asarray(P)
   X = jnp.asarray(X)
   keys = X[..., :-1] if cross else X
@@ -219,6 +215,14 @@ def positional_ccmc_next_token_probs(P, X, w, cross=False):
   w = jnp.broadcast_to(w, keys.shape)
   weights = jnp.einsum('...i,...ik->...k', w, jax.nn.one_hot(keys, P.shape[-1]))
   return jnp.exp(ccmc_log_probs(jnp.log(P)[X[..., -1]], weights))
+
+
+def _check_chain_and_prompt(P, X, cross):
+  """The base chain ``P`` (K, K) and a prompt ``X`` (..., L) of ids over its K tokens (L >= 2
+  with ``cross``); when concrete, ``P`` row-stochastic and ids in ``[0, K)``."""
+  checks.square('P', P, 'transition probabilities')
+  checks.token_ids('X', X, checks.shape_of(P)[-1], min_length=1 + bool(cross))
+  check_base_chain(P)
 
 
 def _check_position_weights(w, x_shape, cross):

@@ -156,7 +156,8 @@ def predicted_error_uniform(A, L, n, cross=False, step=0.5, row_block=64):
 
   Args:
     A: (K, K) finite true scores.
-    L: prompt length, >= 2.
+    L: prompt length, an int >= 2 (>= 3 with ``cross``: with a single key the answer is that
+      key, no information).
     n: sample size(s); scalar or array.
     cross: cross-attention (the query is not a key).
     step: quadrature step in ``log t``.
@@ -167,10 +168,8 @@ def predicted_error_uniform(A, L, n, cross=False, step=0.5, row_block=64):
     docs/theory.md.
   """
   checks.square('A', A)
+  checks.no_nan('A', A, neg_inf=False)
   A = np.asarray(A, np.float64)
-  if not np.all(np.isfinite(A)):
-    raise ValueError(f'A must be a finite square K x K matrix, got shape {A.shape} with a '
-                     f'NaN or inf entry')
   if isinstance(L, (bool, np.bool_)) or not isinstance(L, (int, np.integer)) or (
       L < 2 + bool(cross)):
     raise ValueError(f'L must be >= {2 + bool(cross)}{" for cross-attention" if cross else ""}'

@@ -61,8 +61,6 @@ def validate():
   # L0 >= 2: X0 then holds two distinct tokens, so a zero-diagonal chain can always move.
   common.check_int('L0', _L0.value, 2, 10 ** 5)
   common.check_float('scale', _SCALE.value, 0, 50, lo_open=True)
-  if not _SCALE.value:
-    raise common.FlagError('--scale is empty: give at least one value')
   common.check_int('K_base', _K_BASE.value, 2, 1000)
   common.check_int('T', _T.value, 2, 10 ** 7)
   common.check_int('seeds', _SEEDS.value, 1, 10 ** 6)

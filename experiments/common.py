@@ -55,9 +55,19 @@ class CheckFailed(Exception):
   reported as one ``FAILED: ...`` line after the results and figure are written; exit 1."""
 
 
+def _elements(name, value):
+  """The values of a flag: its elements for a list flag (an empty list is refused)."""
+  if not isinstance(value, (list, tuple)):
+    return [value]
+  if not value:
+    raise FlagError(f'--{name} is empty: give at least one value')
+  return value
+
+
 def check_int(name, value, lo, hi=None):
-  """Require ``lo <= value <= hi`` for an int flag (or every element of a list flag)."""
-  for v in value if isinstance(value, (list, tuple)) else [value]:
+  """Require ``lo <= value <= hi`` for an int flag (or every element of a list flag; an empty
+  list is refused)."""
+  for v in _elements(name, value):
     try:
       ok = int(v) == float(v) and int(v) >= lo and (hi is None or int(v) <= hi)
     except (TypeError, ValueError):
@@ -65,16 +75,12 @@ def check_int(name, value, lo, hi=None):
     if not ok:
       allowed = f'an integer >= {lo}' if hi is None else f'an integer in [{lo}, {hi}]'
       raise FlagError(f'--{name}={v} is invalid: allowed values are {allowed}')
-  if isinstance(value, (list, tuple)) and not value:
-    raise FlagError(f'--{name} is empty: give at least one value')
 
 
 def check_float(name, value, lo=None, hi=None, lo_open=False):
   """Require a finite float in ``[lo, hi]`` (``(lo, hi]`` if ``lo_open``), for a float flag or
   every element of a list flag (an empty list is refused)."""
-  if isinstance(value, (list, tuple)) and not value:
-    raise FlagError(f'--{name} is empty: give at least one value')
-  for v in value if isinstance(value, (list, tuple)) else [value]:
+  for v in _elements(name, value):
     try:
       v = float(v)
     except (TypeError, ValueError):

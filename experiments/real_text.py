@@ -74,8 +74,6 @@ def validate():
   common.check_int('T', _T.value, 10, 100000)
   common.check_int('prompts', _PROMPTS.value, 1, 100000)
   for name, flag, hi in (('ridge', _RIDGE, MAX_RIDGE), ('smoothing', _SMOOTH, MAX_SMOOTHING)):
-    if not flag.value:
-      raise common.FlagError(f'--{name} is empty: give at least one value')
     common.check_float(name, flag.value, 0, hi, lo_open=True)
   common.check_one_corpus()
   grid = len(_RIDGE.value) + len(_SMOOTH.value)
